@@ -1,0 +1,54 @@
+# freebsd-images: build the FreeBSD OCI base-image family.
+#
+#   make demo                         offline mirror + the whole family for one release, both arches
+#   make test                         the test suite
+#   make freebsd14.2-minimal ARCH=arm64   one image (ARCH defaults to all arches of the release)
+
+PYTHON      ?= python3
+FI          := $(PYTHON) -m builder
+RELEASE     ?= 14.2
+ARCH        ?=
+OUT         ?= build/out
+DEMO_MIRROR ?= build/mirror
+MIRROR      ?= $(if $(wildcard $(DEMO_MIRROR)/keys),file://$(abspath $(DEMO_MIRROR)),)
+KEYS        ?= $(if $(wildcard $(DEMO_MIRROR)/keys),$(abspath $(DEMO_MIRROR))/keys,)
+SOURCE_DATE_EPOCH ?= 1731456000
+export SOURCE_DATE_EPOCH
+
+MIRROR_ARGS = $(if $(MIRROR),--mirror $(MIRROR),) $(if $(KEYS),--keys $(KEYS),)
+ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
+
+.PHONY: help demo test check plan bench verify clean mirror
+
+help:  ## this list
+	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
+	@echo "freebsdR-FLAVOUR      build one image, e.g. make freebsd14-minimal ARCH=arm64"
+
+$(DEMO_MIRROR)/keys/repo.pub:
+	$(FI) generate $(RELEASE) --out $(DEMO_MIRROR)
+
+mirror: $(DEMO_MIRROR)/keys/repo.pub  ## generate the offline demo mirror (if absent)
+
+demo: mirror  ## build the whole family for $(RELEASE), both arches, from the offline mirror
+	$(FI) build --release $(RELEASE) --all --out $(OUT) --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys
+
+test:  ## run the test suite
+	$(PYTHON) -m pytest -n auto -q
+
+check:  ## validate families.yaml and releases/
+	$(FI) check
+
+plan:  ## show every target and its packages
+	$(FI) plan
+
+bench:  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
+	$(PYTHON) -m builder.bench
+
+verify: mirror  ## build the demo family twice under perturbation and diff
+	$(FI) verify --release $(RELEASE) --all --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys
+
+freebsd%:  ## build one image, e.g. make freebsd14-minimal ARCH=arm64
+	$(FI) build $@ $(ARCH_ARGS) --out $(OUT) $(MIRROR_ARGS)
+
+clean:  ## remove build outputs (not the download cache)
+	rm -rf build

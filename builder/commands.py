@@ -1,0 +1,1 @@
+"""Commands that live beside their pipeline stage register here on import."""

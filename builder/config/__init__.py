@@ -1,0 +1,1 @@
+"""The declarative inputs: families.yaml and releases/*.yaml."""

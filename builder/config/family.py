@@ -1,0 +1,296 @@
+"""families.yaml: the declarative image family and flavour inheritance."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from builder.config import schema as S
+from builder.config.yamlsrc import Located, load_file
+from builder.errors import ConfigError, Diagnostic
+
+PKG_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+ABS_PATH = r"/[^\0]*"
+MODE = r"0?[0-7]{3,4}"
+
+
+@dataclass(frozen=True)
+class PackageRef:
+    name: str
+    repository: Optional[str] = None  # None: any repository, by priority
+    follow_deps: bool = True          # False: install without pulling in its dependencies
+
+
+@dataclass(frozen=True)
+class Extract:
+    """Files taken from a package without installing (registering) it."""
+
+    package: str
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """Directories made from mtree specs shipped in a package (FreeBSD-mtree)."""
+
+    package: str
+    specs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str
+    template: Optional[str] = None  # jinja2 template file, relative to families.yaml
+    content: Optional[str] = None
+    mode: int = 0o644
+    uname: str = "root"
+    gname: str = "wheel"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    cmd: Optional[tuple[str, ...]] = None
+    entrypoint: Optional[tuple[str, ...]] = None
+    env: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    user: Optional[str] = None
+    workdir: Optional[str] = None
+
+    def merged(self, child: "ImageConfig") -> "ImageConfig":
+        env = dict(self.env)
+        env.update(child.env)
+        labels = dict(self.labels)
+        labels.update(child.labels)
+        return ImageConfig(
+            cmd=child.cmd if child.cmd is not None else self.cmd,
+            entrypoint=child.entrypoint if child.entrypoint is not None else self.entrypoint,
+            env=tuple(env.items()),
+            labels=tuple(labels.items()),
+            user=child.user if child.user is not None else self.user,
+            workdir=child.workdir if child.workdir is not None else self.workdir,
+        )
+
+
+@dataclass(frozen=True)
+class Flavour:
+    name: str
+    parent: Optional[str]
+    description: str
+    packages: tuple[PackageRef, ...] = ()
+    extract: tuple[Extract, ...] = ()
+    skeleton: Optional[Skeleton] = None
+    files: tuple[FileSpec, ...] = ()
+    remove: tuple[str, ...] = ()
+    config: ImageConfig = ImageConfig()
+    ignore_scripts: tuple[tuple[str, str], ...] = ()  # (package, reason)
+
+
+@dataclass(frozen=True)
+class ResolvedFlavour:
+    """A flavour with everything inherited from its ancestors folded in."""
+
+    name: str
+    chain: tuple[str, ...]  # root first, this flavour last
+    description: str
+    packages: tuple[PackageRef, ...]
+    own_packages: tuple[PackageRef, ...]
+    extract: tuple[Extract, ...]
+    skeleton: Optional[Skeleton]
+    files: tuple[FileSpec, ...]
+    remove: tuple[str, ...]
+    config: ImageConfig
+    ignore_scripts: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    source: str
+    flavours: dict[str, Flavour]
+    defaults: ImageConfig
+    base_dir: Path = field(default=Path("."))
+
+    @property
+    def names(self) -> list[str]:
+        """Flavours in dependency order (parents before children), then by declaration."""
+        order: list[str] = []
+        for name in self.flavours:
+            for link in self.chain(name):
+                if link not in order:
+                    order.append(link)
+        return order
+
+    def chain(self, name: str) -> list[str]:
+        out: list[str] = []
+        cur: Optional[str] = name
+        while cur is not None:
+            out.append(cur)
+            cur = self.flavours[cur].parent
+        return list(reversed(out))
+
+    def resolve(self, name: str) -> ResolvedFlavour:
+        if name not in self.flavours:
+            hint = difflib.get_close_matches(name, list(self.flavours), n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError([Diagnostic(self.source, 1, 1, f"unknown flavour {name!r}{more}")])
+        chain = self.chain(name)
+        packages: list[PackageRef] = []
+        extract: list[Extract] = []
+        files: dict[str, FileSpec] = {}
+        remove: list[str] = []
+        ignore: dict[str, str] = {}
+        skeleton = None
+        config = self.defaults
+        for link in chain:
+            fl = self.flavours[link]
+            for p in fl.packages:
+                if p.name not in {q.name for q in packages}:
+                    packages.append(p)
+            extract.extend(fl.extract)
+            for f in fl.files:
+                files[f.path] = f
+            remove.extend(r for r in fl.remove if r not in remove)
+            ignore.update(fl.ignore_scripts)
+            skeleton = fl.skeleton or skeleton
+            config = config.merged(fl.config)
+        me = self.flavours[name]
+        return ResolvedFlavour(
+            name=name, chain=tuple(chain), description=me.description,
+            packages=tuple(packages), own_packages=me.packages, extract=tuple(extract),
+            skeleton=skeleton, files=tuple(files.values()), remove=tuple(remove),
+            config=config, ignore_scripts=tuple(sorted(ignore.items())),
+        )
+
+
+_STR_LIST = S.ListOf(S.Str(), expected="a list of strings")
+_CONFIG = S.Struct({
+    "cmd": S.Field(_STR_LIST),
+    "entrypoint": S.Field(_STR_LIST),
+    "env": S.Field(S.MapOf(S.Str(), key_pattern=r"[A-Za-z_][A-Za-z0-9_]*", key_expected="an environment variable name")),
+    "labels": S.Field(S.MapOf(S.Str())),
+    "user": S.Field(S.Str()),
+    "workdir": S.Field(S.Str(pattern=ABS_PATH, expected="an absolute path")),
+})
+_PACKAGE = S.OneOf({
+    str: S.Str(pattern=PKG_NAME, expected="a package name"),
+    dict: S.Struct({
+        "name": S.Field(S.Str(pattern=PKG_NAME, expected="a package name"), required=True),
+        "repository": S.Field(S.Str(pattern=r"[a-z][a-z0-9_-]*", expected="a repository key")),
+        "deps": S.Field(S.Bool()),
+    }),
+}, expected="a package name or {name, repository}")
+_FLAVOUR = S.Struct({
+    "parent": S.Field(S.OneOf({str: S.Str(), type(None): S.Custom()}, expected="a flavour name or null")),
+    "description": S.Field(S.Str(), required=True),
+    "packages": S.Field(S.ListOf(_PACKAGE)),
+    "extract": S.Field(S.ListOf(S.Struct({
+        "package": S.Field(S.Str(pattern=PKG_NAME, expected="a package name"), required=True),
+        "paths": S.Field(S.ListOf(S.Str(pattern=ABS_PATH, expected="an absolute path"), unique=True), required=True),
+    }))),
+    "skeleton": S.Field(S.Struct({
+        "package": S.Field(S.Str(pattern=PKG_NAME, expected="a package name"), required=True),
+        "specs": S.Field(S.ListOf(S.Str(pattern=r"BSD\.[a-z0-9]+\.dist", expected="an mtree spec name like BSD.root.dist"), unique=True), required=True),
+    })),
+    "files": S.Field(S.ListOf(S.Struct({
+        "path": S.Field(S.Str(pattern=ABS_PATH, expected="an absolute path"), required=True),
+        "template": S.Field(S.Str()),
+        "content": S.Field(S.Str()),
+        "mode": S.Field(S.Str(pattern=MODE, expected="an octal mode string like \"0644\"")),
+        "uname": S.Field(S.Str()),
+        "gname": S.Field(S.Str()),
+    }))),
+    "remove": S.Field(S.ListOf(S.Str(pattern=ABS_PATH, expected="an absolute path"), unique=True)),
+    "config": S.Field(_CONFIG),
+    "ignore-scripts": S.Field(S.MapOf(S.Str(expected="a reason"), key_pattern=PKG_NAME, key_expected="a package name")),
+})
+FAMILY_SCHEMA = S.Struct({
+    "schema": S.Field(S.Int(minimum=1), required=True),
+    "defaults": S.Field(_CONFIG),
+    "flavours": S.Field(S.MapOf(_FLAVOUR, key_pattern=r"[a-z][a-z0-9-]*", key_expected="a lower-case flavour name"), required=True),
+})
+
+
+def _config(raw: Optional[dict]) -> ImageConfig:
+    raw = raw or {}
+    return ImageConfig(
+        cmd=tuple(raw["cmd"]) if "cmd" in raw else None,
+        entrypoint=tuple(raw["entrypoint"]) if "entrypoint" in raw else None,
+        env=tuple((raw.get("env") or {}).items()),
+        labels=tuple((raw.get("labels") or {}).items()),
+        user=raw.get("user"),
+        workdir=raw.get("workdir"),
+    )
+
+
+def _check_structure(doc: Located, out: list[Diagnostic]) -> None:
+    flavours = doc.data.get("flavours") or {}
+    if not isinstance(flavours, dict):
+        return
+    for name, body in flavours.items():
+        if not isinstance(body, dict):
+            continue
+        parent = body.get("parent")
+        if isinstance(parent, str) and parent not in flavours:
+            hint = difflib.get_close_matches(parent, list(flavours), n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            out.append(doc.diag(("flavours", name, "parent"), f"unknown parent flavour {parent!r}{more}"))
+        for i, f in enumerate(body.get("files") or []):
+            if isinstance(f, dict) and ("template" in f) == ("content" in f):
+                out.append(doc.diag(("flavours", name, "files", i), "a file needs exactly one of 'template' or 'content'"))
+        pkgs = [p if isinstance(p, str) else p.get("name") for p in body.get("packages") or [] if isinstance(p, (str, dict))]
+        seen: set = set()
+        for i, p in enumerate(pkgs):
+            if p in seen:
+                out.append(doc.diag(("flavours", name, "packages", i), f"package {p!r} listed twice"))
+            seen.add(p)
+    # Cycles: follow parents from each flavour; report once per cycle at its first member.
+    reported: set[frozenset] = set()
+    for name in flavours:
+        seen_path: list[str] = []
+        cur = name
+        while isinstance(cur, str) and cur in flavours and isinstance(flavours[cur], dict):
+            if cur in seen_path:
+                cycle = seen_path[seen_path.index(cur):]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    out.append(doc.diag(("flavours", cycle[0], "parent"),
+                                        "cycle in flavour parents: " + " -> ".join(cycle + [cycle[0]])))
+                break
+            seen_path.append(cur)
+            cur = flavours[cur].get("parent")
+
+
+def parse_family(doc: Located, base_dir: Path) -> Family:
+    problems = S.validate(doc, FAMILY_SCHEMA)
+    if not problems:
+        _check_structure(doc, problems)
+    if problems:
+        raise ConfigError(problems)
+    flavours: dict[str, Flavour] = {}
+    for name, body in doc.data["flavours"].items():
+        pkgs = tuple(
+            PackageRef(p) if isinstance(p, str) else PackageRef(p["name"], p.get("repository"), p.get("deps", True))
+            for p in body.get("packages") or [])
+        skel = body.get("skeleton")
+        flavours[name] = Flavour(
+            name=name,
+            parent=body.get("parent"),
+            description=body["description"],
+            packages=pkgs,
+            extract=tuple(Extract(e["package"], tuple(e["paths"])) for e in body.get("extract") or []),
+            skeleton=Skeleton(skel["package"], tuple(skel["specs"])) if skel else None,
+            files=tuple(FileSpec(path=f["path"], template=f.get("template"), content=f.get("content"),
+                                 mode=int(f.get("mode", "0644"), 8), uname=f.get("uname", "root"),
+                                 gname=f.get("gname", "wheel"))
+                        for f in body.get("files") or []),
+            remove=tuple(body.get("remove") or []),
+            config=_config(body.get("config")),
+            ignore_scripts=tuple(sorted((body.get("ignore-scripts") or {}).items())),
+        )
+    return Family(source=doc.file, flavours=flavours, defaults=_config(doc.data.get("defaults")), base_dir=base_dir)
+
+
+def load_family(path: Path) -> Family:
+    path = Path(path)
+    return parse_family(load_file(path), path.parent)

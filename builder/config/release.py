@@ -1,0 +1,241 @@
+"""releases/*.yaml: one file per release line (releng/14.2, stable/14, ...)."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import jinja2
+
+from builder.config import schema as S
+from builder.config.family import PKG_NAME
+from builder.config.yamlsrc import Located, load_file
+from builder.errors import BuildError, ConfigError, Diagnostic
+
+SIGNATURE_TYPES = ("none", "pubkey", "fingerprints")
+URL_SCHEMES = ("pkg+https", "pkg+http", "https", "http", "file")
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str        # pkg's name: amd64, aarch64
+    platform: str    # OCI architecture: amd64, arm64
+    variant: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Repository:
+    key: str                      # "base", "ports"
+    name: str                     # pkg's repository name, e.g. FreeBSD-base
+    url: str                      # may contain ${ABI}
+    signature_type: str
+    fingerprints: Optional[Path] = None  # directory holding trusted/ and revoked/
+    pubkey: Optional[Path] = None
+    priority: int = 0
+
+    def url_for(self, abi: str) -> str:
+        return self.url.replace("${ABI}", abi)
+
+
+@dataclass(frozen=True)
+class Release:
+    source: str
+    name: str                     # "14.2", "14", "15.0"
+    branch: str                   # releng/14.2, stable/14
+    major: int
+    kind: str                     # release | stable | current
+    arches: tuple[Arch, ...]
+    repositories: tuple[Repository, ...]
+    image_name: str               # jinja2 template
+    tags_immutable: tuple[str, ...]
+    tags_moving: tuple[str, ...]
+    package_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    pkgdb_user_version: int = 36
+    version_package: str = "FreeBSD-runtime"
+    base_dir: Path = field(default=Path("."))
+
+    def abi(self, arch: str) -> str:
+        return f"FreeBSD:{self.major}:{arch}"
+
+    def arch(self, name: str) -> Arch:
+        for a in self.arches:
+            if name in (a.name, a.platform):
+                return a
+        known = ", ".join(f"{a.name} ({a.platform})" for a in self.arches)
+        raise BuildError(f"release {self.name} has no architecture {name!r}; it builds: {known}")
+
+    def repository(self, key: str) -> Repository:
+        for r in self.repositories:
+            if r.key == key:
+                return r
+        raise BuildError(f"release {self.name} has no repository {key!r}")
+
+    def map_packages(self, names: list[str]) -> list[str]:
+        """Apply this release's renames and splits to a family's package names."""
+        mapping = dict(self.package_map)
+        out: list[str] = []
+        for n in names:
+            for m in mapping.get(n, (n,)):
+                if m not in out:
+                    out.append(m)
+        return out
+
+    def render_name(self, flavour: str) -> str:
+        return _render(self.image_name, release=self.name, major=self.major, flavour=flavour)
+
+    def render_tags(self, flavour: str, version: str) -> tuple[list[str], list[str]]:
+        ctx = dict(release=self.name, major=self.major, flavour=flavour, version=version)
+        return ([_render(t, **ctx) for t in self.tags_immutable],
+                [_render(t, **ctx) for t in self.tags_moving])
+
+    def with_mirror(self, mirror: Optional[str], keys: Optional[Path] = None) -> "Release":
+        """Point every repository at a mirror root; optionally trust another key set.
+
+        A mirror root replaces everything before ``/${ABI}/`` in each URL, so
+        ``pkg+https://pkg.FreeBSD.org/${ABI}/base_release_2`` becomes
+        ``file:///srv/mirror/${ABI}/base_release_2``.
+        """
+        repos = []
+        for r in self.repositories:
+            url = r.url
+            if mirror:
+                idx = url.find("/${ABI}/")
+                if idx < 0:
+                    raise BuildError(f"{self.source}: repository {r.key} URL {url} has no /${{ABI}}/ part to re-root on a mirror")
+                url = mirror.rstrip("/") + url[idx:]
+            if keys is not None:
+                r = replace(r, fingerprints=keys if r.signature_type == "fingerprints" else r.fingerprints,
+                            pubkey=(keys / "repo.pub") if r.signature_type == "pubkey" else r.pubkey)
+            repos.append(replace(r, url=url))
+        return replace(self, repositories=tuple(repos))
+
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def _render(template: str, **ctx) -> str:
+    try:
+        return _ENV.from_string(template).render(**ctx)
+    except jinja2.TemplateError as exc:
+        raise BuildError(f"cannot render {template!r}: {exc}") from None
+
+
+def _template(doc: Located, path, value, out) -> None:
+    if not isinstance(value, str):
+        out.append(doc.diag(path, f"expected a template string, got {type(value).__name__}"))
+        return
+    try:
+        _ENV.parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        out.append(doc.diag(path, f"bad template: {exc.message}"))
+
+
+_TEMPLATE = S.Custom(_template)
+_REPO = S.Struct({
+    "name": S.Field(S.Str(pattern=r"[A-Za-z0-9_-]+", expected="a repository name"), required=True),
+    "url": S.Field(S.Str(pattern=r"(pkg\+https|pkg\+http|https|http|file)://\S+",
+                         expected="a URL with scheme pkg+https, pkg+http, https, http or file"), required=True),
+    "signature-type": S.Field(S.Str(choices=SIGNATURE_TYPES), required=True),
+    "fingerprints": S.Field(S.Str(expected="a directory holding trusted/ and revoked/")),
+    "pubkey": S.Field(S.Str(expected="a PEM public key file")),
+    "priority": S.Field(S.Int()),
+})
+RELEASE_SCHEMA = S.Struct({
+    "release": S.Field(S.Str(pattern=r"[0-9]+(\.[0-9]+)?", expected="a release name like 14.2 or 14"), required=True),
+    "branch": S.Field(S.Str(pattern=r"(releng|stable)/[0-9]+(\.[0-9]+)?|main",
+                            expected="a branch like releng/14.2, stable/14 or main"), required=True),
+    "major": S.Field(S.Int(minimum=1), required=True),
+    "kind": S.Field(S.Str(choices=("release", "stable", "current")), required=True),
+    "arches": S.Field(S.MapOf(S.Struct({
+        "platform": S.Field(S.Str(choices=("amd64", "arm64", "riscv64", "ppc64le", "386", "arm")), required=True),
+        "variant": S.Field(S.Str()),
+    }), key_pattern=r"amd64|aarch64|riscv64|powerpc64le|i386|armv7",
+        key_expected="a FreeBSD architecture (amd64, aarch64, riscv64, ...)"), required=True),
+    "repositories": S.Field(S.MapOf(_REPO, key_pattern=r"[a-z][a-z0-9_-]*", key_expected="a repository key"), required=True),
+    "image": S.Field(S.Struct({
+        "name": S.Field(_TEMPLATE, required=True),
+        "tags": S.Field(S.Struct({
+            "immutable": S.Field(S.ListOf(_TEMPLATE)),
+            "moving": S.Field(S.ListOf(_TEMPLATE)),
+        }), required=True),
+    }), required=True),
+    "version-package": S.Field(S.Str(pattern=PKG_NAME, expected="a package name")),
+    "package-map": S.Field(S.MapOf(S.ListOf(S.Str(pattern=PKG_NAME, expected="a package name")),
+                                   key_pattern=PKG_NAME, key_expected="a package name")),
+    "pkgdb": S.Field(S.Struct({"user-version": S.Field(S.Int(minimum=1))})),
+})
+
+
+def _check_semantics(doc: Located, out: list[Diagnostic]) -> None:
+    d = doc.data
+    name, branch, major = d.get("release"), d.get("branch"), d.get("major")
+    if isinstance(name, str) and isinstance(major, int) and name.split(".")[0] != str(major):
+        out.append(doc.diag(("major",), f"major {major} does not match release {name!r}"))
+    if isinstance(name, str) and isinstance(branch, str) and branch != "main" and not branch.endswith("/" + name):
+        out.append(doc.diag(("branch",), f"branch {branch!r} does not match release {name!r}"))
+    for key, repo in (d.get("repositories") or {}).items():
+        sig = repo.get("signature-type")
+        if sig == "fingerprints" and "fingerprints" not in repo:
+            out.append(doc.diag(("repositories", key), f"repository {key!r}: signature-type fingerprints needs 'fingerprints'"))
+        if sig == "pubkey" and "pubkey" not in repo:
+            out.append(doc.diag(("repositories", key), f"repository {key!r}: signature-type pubkey needs 'pubkey'"))
+        url = repo.get("url", "")
+        if isinstance(url, str) and "${ABI}" not in url and not url.startswith("file:"):
+            out.append(doc.diag(("repositories", key, "url"), "remote repository URL should contain ${ABI}"))
+
+
+def parse_release(doc: Located, base_dir: Path) -> Release:
+    problems = S.validate(doc, RELEASE_SCHEMA)
+    if not problems:
+        _check_semantics(doc, problems)
+    if problems:
+        raise ConfigError(problems)
+    d = doc.data
+    repos = []
+    for key, r in d["repositories"].items():
+        repos.append(Repository(
+            key=key, name=r["name"], url=r["url"], signature_type=r["signature-type"],
+            fingerprints=(base_dir / r["fingerprints"]) if "fingerprints" in r else None,
+            pubkey=(base_dir / r["pubkey"]) if "pubkey" in r else None,
+            priority=r.get("priority", 0)))
+    repos.sort(key=lambda r: (-r.priority, r.key))
+    tags = d["image"]["tags"]
+    return Release(
+        source=doc.file, name=d["release"], branch=d["branch"], major=d["major"], kind=d["kind"],
+        arches=tuple(Arch(k, v["platform"], v.get("variant")) for k, v in d["arches"].items()),
+        repositories=tuple(repos), image_name=d["image"]["name"],
+        tags_immutable=tuple(tags.get("immutable") or ()), tags_moving=tuple(tags.get("moving") or ()),
+        package_map=tuple((k, tuple(v)) for k, v in sorted((d.get("package-map") or {}).items())),
+        pkgdb_user_version=(d.get("pkgdb") or {}).get("user-version", 36),
+        version_package=d.get("version-package", "FreeBSD-runtime"),
+        base_dir=base_dir,
+    )
+
+
+def load_release(path: Path, project_dir: Optional[Path] = None) -> Release:
+    """Load a release file; key paths are relative to the project directory."""
+    path = Path(path)
+    base = project_dir if project_dir is not None else path.resolve().parent.parent
+    return parse_release(load_file(path), base)
+
+
+def release_files(releases_dir: Path) -> list[Path]:
+    return sorted((p for p in Path(releases_dir).glob("*.yaml")), key=lambda p: _release_sort_key(p.stem))
+
+
+def _release_sort_key(name: str):
+    return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.]", name))
+
+
+def find_release(releases_dir: Path, name: str) -> Path:
+    path = Path(releases_dir) / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in release_files(releases_dir))
+        raise BuildError(f"no release file for {name!r} in {releases_dir} (known: {known})")
+    return path
+
+
+def env_mirror() -> Optional[str]:
+    return os.environ.get("FREEBSD_IMAGES_MIRROR") or None

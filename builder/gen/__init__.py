@@ -1,0 +1,1 @@
+"""A deterministic generator of pkgbase-format repositories (tests, benchmarks, demo)."""

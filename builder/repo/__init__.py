@@ -1,0 +1,1 @@
+"""Reading pkg repositories: archives, catalogues, signatures, sums."""

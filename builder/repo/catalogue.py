@@ -1,0 +1,144 @@
+"""A pkg repository catalogue: meta.conf plus data.pkg or packagesite.pkg."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from builder.errors import BuildError
+from builder.repo import ucl
+
+
+@dataclass(frozen=True, order=True)
+class Dep:
+    name: str
+    origin: str
+    version: str
+
+
+@dataclass(frozen=True)
+class RemotePackage:
+    """One package as the catalogue describes it (pkg's compact manifest + repo keys)."""
+
+    name: str
+    origin: str
+    version: str
+    abi: str
+    arch: str
+    repopath: str
+    sum: str
+    pkgsize: int
+    flatsize: int
+    deps: tuple[Dep, ...]
+    shlibs_required: tuple[str, ...]
+    shlibs_provided: tuple[str, ...]
+    annotations: tuple[tuple[str, str], ...]
+    raw: dict = field(compare=False, hash=False, repr=False)
+    repository: str = ""  # repository key in the release file
+
+    @classmethod
+    def from_json(cls, obj: dict, repository: str, where: str) -> "RemotePackage":
+        try:
+            deps = tuple(sorted(Dep(n, d.get("origin", ""), d.get("version", ""))
+                                for n, d in (obj.get("deps") or {}).items()))
+            return cls(
+                name=obj["name"], origin=obj["origin"], version=obj["version"],
+                abi=obj.get("abi", ""), arch=obj.get("arch", ""),
+                repopath=obj.get("repopath") or obj["path"], sum=obj["sum"],
+                pkgsize=int(obj.get("pkgsize", 0)), flatsize=int(obj.get("flatsize", 0)),
+                deps=deps,
+                shlibs_required=tuple(obj.get("shlibs_required") or ()),
+                shlibs_provided=tuple(obj.get("shlibs_provided") or ()),
+                annotations=tuple(sorted((obj.get("annotations") or {}).items())),
+                raw=obj, repository=repository,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise BuildError(f"{where}: malformed package entry {obj.get('name', '?') if isinstance(obj, dict) else obj!r}: {exc!r}") from None
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """The sha256 of the .pkg file when the catalogue gives one (pkg 2.0 style)."""
+        s = self.sum
+        if "$" in s:
+            kind, _, body = s.partition("$")
+            return body if kind == "1" else None
+        return s
+
+
+@dataclass(frozen=True)
+class Meta:
+    version: int
+    packing_format: str
+    data: str
+    manifests: str
+    manifests_archive: str
+    raw: dict
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> "Meta":
+        d = ucl.parse(text, source)
+        return cls(
+            version=int(d.get("version", 1)),
+            packing_format=str(d.get("packing_format", "txz")),
+            data=str(d.get("data", "data")),
+            manifests=str(d.get("manifests", "packagesite.yaml")),
+            manifests_archive=str(d.get("manifests_archive", "packagesite")),
+            raw=d,
+        )
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    repository: str        # release file key
+    url: str
+    meta: Meta
+    kind: str              # "data" or "packagesite"
+    digest: str            # sha256 of the catalogue file inside the archive
+    packages: dict[str, RemotePackage]
+    groups: tuple = ()
+    expired: tuple = ()
+
+
+def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta: Meta) -> Catalogue:
+    """Parse the catalogue file (``data`` JSON or ``packagesite.yaml`` lines)."""
+    where = f"{url}: {member}"
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"{where}: not UTF-8: {exc}") from None
+    objs: list[Any]
+    groups: tuple = ()
+    expired: tuple = ()
+    if member == meta.data:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BuildError(f"{where}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("packages"), list):
+            raise BuildError(f"{where}: expected a JSON object with a 'packages' list")
+        objs = doc["packages"]
+        groups = tuple(json.dumps(g, sort_keys=True) for g in doc.get("groups") or ())
+        expired = tuple(json.dumps(e, sort_keys=True) for e in doc.get("expired_packages") or ())
+        kind = "data"
+    else:
+        objs = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                objs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise BuildError(f"{where}:{lineno}: bad JSON: {exc.msg}") from None
+        kind = "packagesite"
+    packages: dict[str, RemotePackage] = {}
+    for obj in objs:
+        if not isinstance(obj, dict):
+            raise BuildError(f"{where}: package entry is not an object: {obj!r:.80}")
+        pkg = RemotePackage.from_json(obj, repository, where)
+        if pkg.name in packages:
+            raise BuildError(f"{where}: package {pkg.name} listed twice")
+        packages[pkg.name] = pkg
+    return Catalogue(repository=repository, url=url, meta=meta, kind=kind, digest=digest,
+                     packages=dict(sorted(packages.items())), groups=groups, expired=expired)
