@@ -1,1 +1,117 @@
-"""Commands that live beside their pipeline stage register here on import."""
+"""Release-level commands: lock, outdated, fetch, mirror."""
+from __future__ import annotations
+
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from builder.atomic import atomic_write_bytes
+from builder.cli import arguments, command
+from builder.context import Context, add_release_options
+from builder.errors import BuildError
+from builder.lock import check_lock, fetch_catalogues, load_lock, make_lock, outdated, write_lock
+from builder.repo.client import fetch_package
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+@command("lock", "resolve every flavour and arch of a release and write its lock file")
+@arguments(add_release_options)
+def cmd_lock(args) -> int:
+    ctx = Context.from_args(args)
+    cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
+    lock = make_lock(ctx.release, ctx.project.family, cats, warn=_warn)
+    changed = write_lock(ctx.lock_path, lock)
+    n = sum(len(a.packages) for a in lock.arches.values())
+    print(f"{'wrote' if changed else 'unchanged'} {ctx.lock_path}: {n} packages over {len(lock.arches)} arches, "
+          f"SOURCE_DATE_EPOCH {lock.source_date_epoch}")
+    return 0
+
+
+@command("outdated", "list locked packages whose version moved in the catalogues (exit 1 if any)")
+@arguments(lambda p: (add_release_options(p), p.add_argument("--json", action="store_true")))
+def cmd_outdated(args) -> int:
+    import json
+    ctx = Context.from_args(args)
+    lock = load_lock(ctx.lock_path)
+    if lock is None:
+        raise BuildError(f"no lock file at {ctx.lock_path}; run `freebsd-images lock {ctx.release.name}` first")
+    ups = outdated(lock, fetch_catalogues(ctx.transport, ctx.release, ctx.arches))
+    if args.json:
+        print(json.dumps([u.__dict__ | {"arches": list(u.arches)} for u in ups], indent=2))
+    else:
+        for u in ups:
+            print(f"{u.name} {u.old} \u2192 {u.new or '(removed)'} ({', '.join(u.arches)})")
+        if not ups:
+            print(f"{ctx.release.name}: up to date")
+    return 1 if ups else 0
+
+
+def fetch_locked(ctx: Context, lock, arch: str, names=None, jobs: int = 4) -> dict[str, Path]:
+    """Download (or take from the cache) the locked packages of one arch."""
+    al = lock.arches[arch]
+    wanted = [al.packages[n] for n in (names or sorted(al.packages))]
+
+    def one(p):
+        from builder.repo.catalogue import RemotePackage
+        rp = RemotePackage(name=p.name, origin=p.origin, version=p.version, abi=al.abi, arch="", repopath=p.path,
+                           sum=p.sum, pkgsize=p.size, flatsize=0, deps=(), shlibs_required=(), shlibs_provided=(),
+                           annotations=(), raw={}, repository=p.repository)
+        return p.name, fetch_package(ctx.transport, ctx.cache, ctx.release.repository(p.repository), al.abi, rp)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return dict(pool.map(one, wanted))
+
+
+def ensure_lock(ctx: Context, update: bool = False):
+    """The release's lock: used when present and still valid, else made (and written)."""
+    cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
+    lock = load_lock(ctx.lock_path)
+    if lock is not None and not update:
+        check_lock(lock, cats)
+        return lock
+    lock = make_lock(ctx.release, ctx.project.family, cats, warn=_warn)
+    write_lock(ctx.lock_path, lock)
+    return lock
+
+
+@command("fetch", "download a release's locked packages into the cache")
+@arguments(lambda p: (add_release_options(p), p.add_argument("--update", action="store_true")))
+def cmd_fetch(args) -> int:
+    ctx = Context.from_args(args)
+    lock = ensure_lock(ctx, args.update)
+    for arch in ctx.arches:
+        paths = fetch_locked(ctx, lock, arch)
+        print(f"{arch}: {len(paths)} packages verified in {ctx.cache.root}")
+    return 0
+
+
+@command("mirror", "copy a release's catalogues and locked packages into a local repository tree")
+@arguments(lambda p: (add_release_options(p), p.add_argument("dest", type=Path)))
+def cmd_mirror(args) -> int:
+    ctx = Context.from_args(args)
+    lock = ensure_lock(ctx)
+    for arch in ctx.arches:
+        abi = ctx.release.abi(arch)
+        paths = fetch_locked(ctx, lock, arch)
+        for repo in ctx.release.repositories:
+            base = repo.url_for(abi).rstrip("/")
+            dest = args.dest / abi / base.rsplit("/", 1)[1]
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("meta.conf", "meta", "data.pkg", "packagesite.pkg"):
+                try:
+                    atomic_write_bytes(dest / name, ctx.transport.fetch_bytes(f"{base}/{name}"))
+                except BuildError:
+                    if name in ("meta.conf", "data.pkg"):
+                        raise
+            for n, p in lock.arches[arch].packages.items():
+                if p.repository == repo.key:
+                    target = dest / p.path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(paths[n], str(target) + ".tmp")
+                    Path(str(target) + ".tmp").replace(target)
+        print(f"{abi}: mirrored {len(paths)} packages into {args.dest / abi}")
+    return 0

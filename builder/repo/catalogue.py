@@ -98,9 +98,10 @@ class Catalogue:
     packages: dict[str, RemotePackage]
     groups: tuple = ()
     expired: tuple = ()
+    built: int = 0         # mtime of the catalogue file: when the repository was built
 
 
-def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta: Meta) -> Catalogue:
+def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta: Meta, built: int = 0) -> Catalogue:
     """Parse the catalogue file (``data`` JSON or ``packagesite.yaml`` lines)."""
     where = f"{url}: {member}"
     digest = hashlib.sha256(content).hexdigest()
@@ -141,4 +142,4 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
             raise BuildError(f"{where}: package {pkg.name} listed twice")
         packages[pkg.name] = pkg
     return Catalogue(repository=repository, url=url, meta=meta, kind=kind, digest=digest,
-                     packages=dict(sorted(packages.items())), groups=groups, expired=expired)
+                     packages=dict(sorted(packages.items())), groups=groups, expired=expired, built=built)

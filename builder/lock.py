@@ -1,0 +1,178 @@
+"""Lock files: the exact packages of every (arch, flavour) of a release.
+
+Written with sorted keys and a trailing newline so an unchanged lock is
+byte-identical. Builds use the lock when present and refuse catalogues that
+no longer carry a locked package, unless asked to update.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from builder.atomic import atomic_write_bytes
+from builder.config.family import Family
+from builder.config.release import Release
+from builder.errors import BuildError
+from builder.plan import flavour_packages
+from builder.repo.catalogue import Catalogue
+from builder.repo.client import fetch_catalogue
+from builder.repo.transport import Transport
+from builder.repo.version import compare
+from builder.resolve import resolve
+
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    origin: str
+    version: str
+    repository: str
+    path: str
+    size: int
+    sum: str
+
+
+@dataclass(frozen=True)
+class ArchLock:
+    abi: str
+    catalogues: dict          # repository key -> sha256 of its catalogue file
+    packages: dict            # name -> LockedPackage
+    flavours: dict            # flavour -> {"packages": [...], "automatic": [...]}
+
+
+@dataclass(frozen=True)
+class Lock:
+    release: str
+    source_date_epoch: int
+    arches: dict              # arch -> ArchLock
+
+    def to_json(self) -> dict:
+        return {
+            "lock-version": LOCK_VERSION,
+            "release": self.release,
+            "source-date-epoch": self.source_date_epoch,
+            "arches": {a: {"abi": al.abi, "catalogues": al.catalogues,
+                           "packages": {n: {k: v for k, v in asdict(p).items() if k != "name"}
+                                        for n, p in sorted(al.packages.items())},
+                           "flavours": al.flavours}
+                       for a, al in sorted(self.arches.items())},
+        }
+
+    def dumps(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, doc: dict, source: str) -> "Lock":
+        try:
+            if doc.get("lock-version") != LOCK_VERSION:
+                raise BuildError(f"{source}: unsupported lock-version {doc.get('lock-version')!r}")
+            arches = {}
+            for a, al in doc["arches"].items():
+                pkgs = {n: LockedPackage(name=n, **p) for n, p in al["packages"].items()}
+                arches[a] = ArchLock(abi=al["abi"], catalogues=al["catalogues"], packages=pkgs, flavours=al["flavours"])
+            return cls(release=doc["release"], source_date_epoch=int(doc["source-date-epoch"]), arches=arches)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BuildError(f"{source}: malformed lock file: {exc!r}") from None
+
+
+def load_lock(path: Path) -> Optional[Lock]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return Lock.from_json(json.loads(text), str(path))
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"{path}: not JSON: {exc}") from None
+
+
+def write_lock(path: Path, lock: Lock) -> bool:
+    """Write the lock; return True if its bytes changed."""
+    data = lock.dumps()
+    path = Path(path)
+    if path.exists() and path.read_bytes() == data:
+        return False
+    atomic_write_bytes(path, data)
+    return True
+
+
+def fetch_catalogues(transport: Transport, release: Release, arches: list[str]) -> dict[str, list[Catalogue]]:
+    """Catalogues per arch, in repository priority order (fetched in parallel)."""
+    jobs = [(a, r) for a in arches for r in release.repositories]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda ar: fetch_catalogue(transport, ar[1], release.abi(ar[0])), jobs))
+    out: dict[str, list[Catalogue]] = {a: [] for a in arches}
+    for (a, _), cat in zip(jobs, results):
+        out[a].append(cat)
+    return out
+
+
+def make_lock(release: Release, family: Family, catalogues: dict[str, list[Catalogue]],
+              warn=lambda msg: None) -> Lock:
+    arches = {}
+    for arch, cats in catalogues.items():
+        abi = release.abi(arch)
+        packages: dict[str, LockedPackage] = {}
+        flavours = {}
+        for fname in family.names:
+            fl = family.resolve(fname)
+            res = resolve(cats, flavour_packages(release, fl.packages), abi)
+            for w in res.warnings:
+                warn(f"{release.name}/{arch}/{fname}: {w}")
+            for p in res.packages:
+                packages[p.name] = LockedPackage(p.name, p.origin, p.version, p.repository, p.repopath, p.pkgsize, p.sum)
+            flavours[fname] = {"packages": res.names, "automatic": sorted(res.automatic)}
+        arches[arch] = ArchLock(abi=abi, catalogues={c.repository: c.digest for c in cats},
+                                packages=packages, flavours=flavours)
+    epoch = max((c.built for cats in catalogues.values() for c in cats), default=0)
+    return Lock(release=release.name, source_date_epoch=epoch, arches=arches)
+
+
+def check_lock(lock: Lock, catalogues: dict[str, list[Catalogue]]) -> None:
+    """Refuse catalogues that no longer carry every locked package exactly."""
+    problems = []
+    for arch, cats in catalogues.items():
+        if arch not in lock.arches:
+            problems.append(f"{arch}: not in the lock file")
+            continue
+        by_repo = {c.repository: c for c in cats}
+        for p in lock.arches[arch].packages.values():
+            cat = by_repo.get(p.repository)
+            now = cat.packages.get(p.name) if cat else None
+            if now is None:
+                problems.append(f"{arch}: {p.name}-{p.version} is no longer in repository {p.repository}")
+            elif (now.version, now.sum) != (p.version, p.sum):
+                problems.append(f"{arch}: {p.name} is locked at {p.version} but the catalogue has {now.version}"
+                                + ("" if now.version != p.version else " with another checksum"))
+    if problems:
+        raise BuildError("the catalogue no longer matches the lock file (run `freebsd-images lock` or pass --update):\n  "
+                         + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Update:
+    name: str
+    old: str
+    new: Optional[str]
+    arches: tuple[str, ...]
+
+
+def outdated(lock: Lock, catalogues: dict[str, list[Catalogue]]) -> list[Update]:
+    moved: dict[tuple[str, str, Optional[str]], list[str]] = {}
+    for arch, cats in catalogues.items():
+        by_repo = {c.repository: c for c in cats}
+        al = lock.arches.get(arch)
+        if al is None:
+            continue
+        for p in al.packages.values():
+            cat = by_repo.get(p.repository)
+            now = cat.packages.get(p.name) if cat else None
+            new = now.version if now else None
+            if new is None or compare(p.version, new) != 0:
+                moved.setdefault((p.name, p.version, new), []).append(arch)
+    return [Update(n, o, v, tuple(sorted(a))) for (n, o, v), a in sorted(moved.items(), key=lambda kv: kv[0][0])]

@@ -1,0 +1,115 @@
+"""A content-addressed download cache: every file is named by its sha256.
+
+Entries are written to a temp file in the cache, hashed while written,
+checked, then renamed; a lookup re-hashes the entry and drops it when it
+does not match its name, so a corrupt or partial file is never used.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from builder.errors import BuildError
+from builder.repo import checksum
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FREEBSD_IMAGES_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "freebsd-images"
+
+
+def _hash_file(path: Path) -> tuple[str, str]:
+    sha = hashlib.sha256()
+    b2 = checksum.Hasher(checksum.BLAKE2_BASE32)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            sha.update(chunk)
+            b2.update(chunk)
+    return sha.hexdigest(), b2.encoded()
+
+
+class Cache:
+    def __init__(self, root: Optional[Path] = None):
+        self.root = Path(root or default_cache_dir())
+
+    def _blob(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def _alias(self, typed_sum: str) -> Path:
+        kind, _, body = typed_sum.partition("$")
+        return self.root / "alias" / kind / body[:2] / body
+
+    def _sha_for(self, expected_sum: str) -> Optional[str]:
+        """The sha256 under which a file with this catalogue sum is stored, if known."""
+        if HEX64.fullmatch(expected_sum):
+            return expected_sum
+        kind = checksum.file_sum_kind(expected_sum)
+        body = expected_sum.split("$", 1)[1]
+        if kind == checksum.SHA256_HEX:
+            return body
+        alias = self._alias(expected_sum)
+        try:
+            sha = alias.read_text().strip()
+        except OSError:
+            return None
+        return sha if HEX64.fullmatch(sha) else None
+
+    def lookup(self, expected_sum: str) -> Optional[Path]:
+        sha = self._sha_for(expected_sum)
+        if sha is None:
+            return None
+        path = self._blob(sha)
+        if not path.exists():
+            return None
+        actual_sha, b2 = _hash_file(path)
+        if actual_sha != sha or not checksum.package_sum_matches(expected_sum, actual_sha, b2):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        return path
+
+    def store(self, expected_sum: str, what: str, writer: Callable[[object], None], attempts: int = 2) -> Path:
+        """Fetch through writer(fileobj) into the cache, verifying against expected_sum."""
+        hit = self.lookup(expected_sum)
+        if hit is not None:
+            return hit
+        tmpdir = self.root / "tmp"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        last = ""
+        for _ in range(attempts):
+            fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix="dl-")
+            try:
+                with os.fdopen(fd, "w+b") as fh:
+                    writer(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                sha, b2 = _hash_file(Path(tmp))
+                if not checksum.package_sum_matches(expected_sum, sha, b2):
+                    last = f"checksum mismatch: expected {expected_sum}, got sha256 {sha}"
+                    continue
+                dest = self._blob(sha)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+                if not (HEX64.fullmatch(expected_sum) or expected_sum.startswith("1$")):
+                    alias = self._alias(expected_sum)
+                    alias.parent.mkdir(parents=True, exist_ok=True)
+                    fd2, atmp = tempfile.mkstemp(dir=alias.parent)
+                    with os.fdopen(fd2, "w") as afh:
+                        afh.write(sha + "\n")
+                    os.replace(atmp, alias)
+                return dest
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        raise BuildError(f"{what}: {last}; refusing the download")

@@ -1,0 +1,66 @@
+"""Fetch and verify a repository's catalogue, and its package files."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from builder.config.release import Repository
+from builder.errors import BuildError
+from builder.repo import archive, signature
+from builder.repo.cache import Cache
+from builder.repo.catalogue import Catalogue, Meta, RemotePackage, parse_catalogue
+from builder.repo.transport import NotFound, Transport
+
+
+def _first(transport: Transport, base: str, names: list[str]) -> tuple[str, bytes]:
+    missing = []
+    for name in names:
+        try:
+            return name, transport.fetch_bytes(f"{base}/{name}")
+        except NotFound:
+            missing.append(name)
+    raise BuildError(f"{base}: none of {', '.join(missing)} found")
+
+
+def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalogue:
+    base = repo.url_for(abi).rstrip("/")
+    what = f"repository {repo.key} ({base})"
+    name, raw = _first(transport, base, ["meta.conf", "meta"])
+    meta = Meta.parse(raw.decode("utf-8", "replace"), f"{base}/{name}")
+    fmt = meta.packing_format
+    candidates = [(f"{meta.data}.pkg", meta.data), (f"{meta.data}.{fmt}", meta.data),
+                  (f"{meta.manifests_archive}.pkg", meta.manifests),
+                  (f"{meta.manifests_archive}.{fmt}", meta.manifests)]
+    for archive_name, member in candidates:
+        try:
+            blob = transport.fetch_bytes(f"{base}/{archive_name}")
+        except NotFound:
+            continue
+        try:
+            archive.sniff(blob[:512])
+        except BuildError:
+            continue  # a stand-in for a symlink (e.g. data.tzst holding "data.pkg")
+        wanted = {member, member + ".sig", member + ".pub", "signature"}
+        members = {}
+        built = 0
+        for m, tar in archive.iter_tar(io.BytesIO(blob), f"{what}: {archive_name}", 512 << 20):
+            if m.name in wanted and m.isfile():
+                members[m.name] = tar.extractfile(m).read()
+                if m.name == member:
+                    built = int(m.mtime)
+        if member not in members:
+            raise BuildError(f"{what}: {archive_name} has no {member} entry")
+        signature.verify(members, member, repo.signature_type, f"{what}: {archive_name}",
+                         fingerprints=repo.fingerprints, pubkey=repo.pubkey)
+        return parse_catalogue(member, members[member], repo.key, base, meta, built)
+    raise BuildError(f"{what}: no catalogue ({', '.join(c[0] for c in candidates)})")
+
+
+def fetch_package(transport: Transport, cache: Cache, repo: Repository, abi: str, pkg: RemotePackage) -> Path:
+    url = f"{repo.url_for(abi).rstrip('/')}/{pkg.repopath}"
+    what = f"package {pkg.name}-{pkg.version} ({url})"
+
+    def writer(fh):
+        transport.fetch_to(url, fh, label=f"{pkg.name}-{pkg.version}")
+
+    return cache.store(pkg.sum, what, writer)

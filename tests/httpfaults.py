@@ -1,0 +1,98 @@
+"""A local HTTP server that serves a directory and injects faults on request.
+
+``server.plan(path, ["reset", "500", "ok"])`` makes the next requests for path
+behave that way, in order; afterwards requests are served normally.
+"""
+import http.server
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+
+class FaultServer:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.plans: dict[str, list[str]] = {}
+        self.log: list[tuple[str, str, str]] = []   # (path, behaviour, range header)
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                with server.lock:
+                    queue = server.plans.get(path) or []
+                    behaviour = queue.pop(0) if queue else "ok"
+                    server.log.append((path, behaviour, self.headers.get("Range", "")))
+                if behaviour.startswith("slow:"):
+                    time.sleep(float(behaviour[5:]))
+                    behaviour = "ok"
+                if behaviour == "500":
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if behaviour == "429":
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                file = server.root / path.lstrip("/")
+                if not file.is_file():
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = file.read_bytes()
+                if behaviour == "wrong":
+                    data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+                start = 0
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes=") and behaviour != "ignore-range":
+                    start = int(rng[6:].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if behaviour in ("reset", "truncate"):
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    if behaviour == "reset":
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def plan(self, path: str, behaviours: list[str]) -> None:
+        with self.lock:
+            self.plans[path] = list(behaviours)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
