@@ -55,10 +55,17 @@ class _Peek(io.RawIOBase):
         return len(data)
 
 
+class Limit:
+    """A byte limit that can be tightened once the manifest's flatsize is known."""
+
+    def __init__(self, value: Optional[int]):
+        self.value = value
+
+
 class Bounded(io.RawIOBase):
     """Refuse to yield more than ``limit`` decompressed bytes (archive bombs)."""
 
-    def __init__(self, inner: BinaryIO, limit: Optional[int], what: str):
+    def __init__(self, inner: BinaryIO, limit, what: str):
         self._inner = inner
         self._limit = limit
         self._seen = 0
@@ -70,13 +77,14 @@ class Bounded(io.RawIOBase):
     def readinto(self, b) -> int:
         data = self._inner.read(len(b))
         self._seen += len(data)
-        if self._limit is not None and self._seen > self._limit:
-            raise BuildError(f"{self._what}: decompresses to more than {self._limit} bytes; refusing (archive bomb?)")
+        limit = getattr(self._limit, "value", self._limit)
+        if limit is not None and self._seen > limit:
+            raise BuildError(f"{self._what}: decompresses to more than {limit} bytes; refusing (archive bomb?)")
         b[:len(data)] = data
         return len(data)
 
 
-def decompressing(raw: BinaryIO, what: str, limit: Optional[int] = None) -> tuple[BinaryIO, str]:
+def decompressing(raw: BinaryIO, what: str, limit=None) -> tuple[BinaryIO, str]:
     head = raw.read(512)
     fmt = sniff(head)
     src = io.BufferedReader(_Peek(head, raw), 1 << 16)
@@ -93,7 +101,7 @@ def decompressing(raw: BinaryIO, what: str, limit: Optional[int] = None) -> tupl
     return io.BufferedReader(Bounded(stream, limit, what), 1 << 16), fmt
 
 
-def iter_tar(raw: BinaryIO, what: str, limit: Optional[int] = None) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+def iter_tar(raw: BinaryIO, what: str, limit=None) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     """Yield (member, tar) in archive order; read a member's data with tar.extractfile(member)."""
     stream, _ = decompressing(raw, what, limit)
     try:

@@ -1,0 +1,96 @@
+"""Scan packages into the filesystem model, checking everything on the way in.
+
+A scan streams each .pkg once: it hashes every file, checks ELF headers
+against the target arch, and refuses hostile entries (``..``, links that climb
+out of the root, hard links to nothing, device nodes, archive bombs), naming
+the package, the path and the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.errors import BuildError
+from builder.fsmodel import FileSystem, Node, check_path, check_symlink
+from builder.pkgfile import PackageReader
+from builder.repo.archive import Limit
+
+ELF_MACHINE = {"amd64": (2, 62), "aarch64": (2, 183), "riscv64": (2, 243), "powerpc64le": (2, 21),
+               "i386": (1, 3), "armv7": (1, 40)}
+BOMB_SLACK = 4 << 20  # tar headers and padding on top of flatsize
+
+
+@dataclass
+class ScannedPackage:
+    name: str
+    path: Path
+    manifest: dict
+    nodes: list[Node] = field(default_factory=list)
+    automatic: bool = False
+
+
+def check_elf(head: bytes, arch: str, what: str, path: str) -> None:
+    if not head.startswith(b"\x7fELF") or len(head) < 20:
+        return
+    klass, machine = head[4], int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    want = ELF_MACHINE.get(arch)
+    if want and (klass, machine) != want:
+        raise BuildError(f"{what}: {path} is an ELF file for machine {machine} (class {klass}), "
+                         f"not {arch} (machine {want[1]}, class {want[0]})")
+
+
+def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPackage:
+    what = f"package {name} ({Path(pkg_path).name})"
+    limit = Limit(None)
+    out = ScannedPackage(name, Path(pkg_path), {})
+    seen: dict[str, Node] = {}
+    with open(pkg_path, "rb") as fh:
+        reader = PackageReader(fh, what, limit)
+        for entry, stream in reader.entries():
+            if limit.value is None:
+                flat = int(reader.manifest.get("flatsize") or 0)
+                limit.value = 2 * flat + BOMB_SLACK
+                if reader.manifest.get("name") not in (None, name):
+                    raise BuildError(f"{what}: manifest says it is {reader.manifest.get('name')}")
+            path = check_path(entry.path, what)
+            mtime = min(entry.mtime, epoch)
+            if entry.kind == "file":
+                h = hashlib.sha256()
+                head = b""
+                size = 0
+                while chunk := stream.read(1 << 16):
+                    if not head:
+                        head = chunk[:64]
+                    h.update(chunk)
+                    size += len(chunk)
+                check_elf(head, arch, what, path)
+                node = Node(path, "file", entry.mode, entry.uname, entry.gname, mtime, size, h.hexdigest(),
+                            owner=name, source=f"pkg:{name}")
+            elif entry.kind == "dir":
+                node = Node(path, "dir", entry.mode, entry.uname, entry.gname, mtime, owner=name, source=f"pkg:{name}")
+            elif entry.kind == "symlink":
+                check_symlink(path, entry.target, what)
+                node = Node(path, "symlink", 0o777, entry.uname, entry.gname, mtime,
+                            sha256=hashlib.sha256(entry.target.encode()).hexdigest(), target=entry.target,
+                            owner=name, source=f"pkg:{name}")
+            elif entry.kind == "hardlink":
+                target = check_path(entry.target, what)
+                src = seen.get(target)
+                if src is None or src.kind != "file":
+                    raise BuildError(f"{what}: refusing hard link {path} -> {entry.target}: "
+                                     "target is not a file earlier in this package (escapes the package)")
+                node = Node(path, "hardlink", src.mode, src.uname, src.gname, src.mtime, src.size, src.sha256,
+                            target=target, owner=name, source=f"pkg:{name}")
+            else:
+                raise BuildError(f"{what}: refusing {entry.kind} entry {path}: device nodes and special files are not installed")
+            seen[path] = node
+            out.nodes.append(node)
+        out.manifest = reader.manifest
+    return out
+
+
+def install(fs: FileSystem, scanned: ScannedPackage) -> None:
+    what = f"package {scanned.name}"
+    for node in scanned.nodes:
+        fs.add(node, what)

@@ -1,0 +1,216 @@
+"""Write an OCI layer tar from filesystem nodes, deterministically.
+
+PAX tar with only the fields we set (no atime/ctime, numeric ids and names),
+paths sorted so that parents come first, hard links as links, gzip with a
+pinned header (no name, mtime 0, OS 3) or zstd. The uncompressed stream's
+sha256 is the diff_id, the compressed one's the blob digest.
+
+Package contents are read back in sorted order from a decompressed spool of
+each package (a temporary uncompressed tar, deleted after the layer), so
+memory stays flat however large the layer is.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+import zstandard
+
+from builder import tarutil
+from builder.errors import BuildError
+from builder.fsmodel import Node
+from builder.repo.archive import decompressing
+
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 9
+MEDIA_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    digest: str          # sha256:<hex> of the compressed blob
+    diff_id: str         # sha256:<hex> of the tar
+    size: int            # compressed bytes
+    tar_size: int
+    media_type: str
+    entries: int
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, sink: Optional[BinaryIO]):
+        self.sink = sink
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        self.h.update(b)
+        self.n += len(b)
+        if self.sink is not None:
+            self.sink.write(b)
+        return len(b)
+
+
+class _Gzip(io.RawIOBase):
+    """gzip with every header field pinned; Python's own writers differ in the OS byte."""
+
+    def __init__(self, sink: BinaryIO, level: int):
+        self.sink = sink
+        self.z = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+        self.crc = 0
+        self.size = 0
+        sink.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x00\x03")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        self.crc = zlib.crc32(b, self.crc)
+        self.size += len(b)
+        self.sink.write(self.z.compress(b))
+        return len(b)
+
+    def finish(self) -> None:
+        self.sink.write(self.z.flush())
+        self.sink.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+
+
+class _Zstd(io.RawIOBase):
+    def __init__(self, sink: BinaryIO, level: int):
+        self.sink = sink
+        self.c = zstandard.ZstdCompressor(level=level, write_content_size=False, write_checksum=True).compressobj()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.sink.write(self.c.compress(bytes(b)))
+        return len(b)
+
+    def finish(self) -> None:
+        self.sink.write(self.c.flush())
+
+
+def sort_key(path: str) -> tuple[str, ...]:
+    # Component-wise: a directory sorts right before its own contents.
+    return tuple(path.strip("/").split("/"))
+
+
+class IdMap:
+    """Owner and group names to ids, from the image's own master.passwd and group."""
+
+    def __init__(self, passwd: Optional[bytes], group: Optional[bytes]):
+        self.users = {"root": 0}
+        self.groups = {"wheel": 0}
+        for text, table in ((passwd, self.users), (group, self.groups)):
+            for line in (text or b"").decode("utf-8", "replace").splitlines():
+                if line.startswith("#") or ":" not in line:
+                    continue
+                f = line.split(":")
+                if len(f) > 2 and f[2].isdigit():
+                    table.setdefault(f[0], int(f[2]))
+
+    def uid(self, name: str, where: str) -> int:
+        if name not in self.users:
+            raise BuildError(f"{where}: owner {name!r} is not in the image's /etc/master.passwd")
+        return self.users[name]
+
+    def gid(self, name: str, where: str) -> int:
+        if name not in self.groups:
+            raise BuildError(f"{where}: group {name!r} is not in the image's /etc/group")
+        return self.groups[name]
+
+
+class _PackageSpool:
+    """Each package decompressed once into a temporary tar, read back by member name."""
+
+    def __init__(self, packages: dict[str, Path]):
+        self.packages = packages
+        self.open: dict[str, tuple[BinaryIO, dict[str, tarfile.TarInfo], tarfile.TarFile]] = {}
+
+    def read(self, pkg: str, path: str) -> BinaryIO:
+        if pkg not in self.open:
+            tmp = tempfile.TemporaryFile()
+            with open(self.packages[pkg], "rb") as fh:
+                stream, _ = decompressing(fh, pkg)
+                while chunk := stream.read(1 << 20):
+                    tmp.write(chunk)
+            tmp.seek(0)
+            tar = tarfile.open(fileobj=tmp, mode="r:")
+            members = {"/" + m.name.strip("/"): m for m in tar.getmembers()}
+            self.open[pkg] = (tmp, members, tar)
+        _, members, tar = self.open[pkg]
+        m = members.get(path)
+        if m is None or not m.isfile():
+            raise BuildError(f"package {pkg}: {path} vanished between scan and write")
+        return tar.extractfile(m)
+
+    def close(self) -> None:
+        for tmp, _, tar in self.open.values():
+            tar.close()
+            tmp.close()
+        self.open.clear()
+
+
+def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages: dict[str, Path],
+                ids: IdMap, epoch: int, compression: str = "gzip") -> LayerInfo:
+    compressed = _HashingWriter(out)
+    comp = _Gzip(compressed, GZIP_LEVEL) if compression == "gzip" else _Zstd(compressed, ZSTD_LEVEL)
+    plain = _HashingWriter(comp)
+    spool = _PackageSpool(packages)
+    entries: list[tuple[tuple[str, ...], str, Optional[Node]]] = [(sort_key(n.path), n.path, n) for n in nodes]
+    for w in whiteouts:
+        parent, _, base = w.rpartition("/")
+        wh = f"{parent}/.wh.{base}"
+        entries.append((sort_key(wh), wh, None))
+    entries.sort(key=lambda e: e[0])
+    # In a layer the first member of a hard-link group (in sorted order) carries the data.
+    first_of: dict[tuple[str, str], str] = {}
+    count = 0
+    try:
+        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for _, path, node in entries:
+                name = path.lstrip("/")
+                count += 1
+                if node is None:
+                    tar.addfile(tarutil.info(name, "file", size=0, mode=0o644, mtime=epoch))
+                    continue
+                where = f"{node.owner or node.source}: {path}"
+                uid, gid = ids.uid(node.uname, where), ids.gid(node.gname, where)
+                common = dict(mode=node.mode, mtime=min(node.mtime, epoch), uname=node.uname, gname=node.gname,
+                              uid=uid, gid=gid)
+                if node.kind == "dir":
+                    tar.addfile(tarutil.info(name, "dir", **common))
+                elif node.kind == "symlink":
+                    tar.addfile(tarutil.info(name, "symlink", linkname=node.target, **common))
+                else:
+                    group = (node.owner, node.target if node.kind == "hardlink" else node.path)
+                    if node.kind == "hardlink" or group in first_of:
+                        first = first_of.get(group)
+                        if first is not None:
+                            tar.addfile(tarutil.info(name, "hardlink", linkname=first.lstrip("/"), **common))
+                            continue
+                    first_of[group] = path
+                    ti = tarutil.info(name, "file", size=node.size, **common)
+                    if node.data is not None:
+                        tar.addfile(ti, io.BytesIO(node.data))
+                    else:
+                        src_path = node.target if node.kind == "hardlink" else node.path
+                        tar.addfile(ti, spool.read(node.source[4:], src_path))
+        comp.finish()
+    finally:
+        spool.close()
+    return LayerInfo(digest="sha256:" + compressed.h.hexdigest(), diff_id="sha256:" + plain.h.hexdigest(),
+                     size=compressed.n, tar_size=plain.n, media_type=MEDIA_TYPES[compression], entries=count)
