@@ -1,0 +1,1 @@
+"""The work of pkgbase post-install scripts, done in Python without running FreeBSD binaries."""
