@@ -27,7 +27,7 @@ class ScannedPackage:
     path: Path
     manifest: dict
     nodes: list[Node] = field(default_factory=list)
-    automatic: bool = False
+    config: dict[str, bytes] = field(default_factory=dict)   # config file contents, for the pkg database
 
 
 def check_elf(head: bytes, arch: str, what: str, path: str) -> None:
@@ -59,11 +59,16 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                 h = hashlib.sha256()
                 head = b""
                 size = 0
+                keep = [] if entry.config else None
                 while chunk := stream.read(1 << 16):
                     if not head:
                         head = chunk[:64]
                     h.update(chunk)
                     size += len(chunk)
+                    if keep is not None:
+                        keep.append(chunk)
+                if keep is not None:
+                    out.config[path] = b"".join(keep)
                 check_elf(head, arch, what, path)
                 node = Node(path, "file", entry.mode, entry.uname, entry.gname, mtime, size, h.hexdigest(),
                             owner=name, source=f"pkg:{name}")
@@ -94,3 +99,16 @@ def install(fs: FileSystem, scanned: ScannedPackage) -> None:
     what = f"package {scanned.name}"
     for node in scanned.nodes:
         fs.add(node, what)
+
+
+def read_member(pkg_path: Path, name: str, wanted: set[str]) -> dict[str, bytes]:
+    """Contents of a few (small) files of a package, by absolute path."""
+    out: dict[str, bytes] = {}
+    with open(pkg_path, "rb") as fh:
+        for entry, stream in PackageReader(fh, f"package {name}").entries():
+            if entry.path in wanted and stream is not None:
+                out[entry.path] = stream.read()
+    missing = wanted - set(out)
+    if missing:
+        raise BuildError(f"package {name}: has no file {', '.join(sorted(missing))}")
+    return out
