@@ -15,7 +15,9 @@ KEYS        ?= $(if $(wildcard $(DEMO_MIRROR)/keys),$(abspath $(DEMO_MIRROR))/ke
 SOURCE_DATE_EPOCH ?= 1731456000
 export SOURCE_DATE_EPOCH
 
-MIRROR_ARGS = $(if $(MIRROR),--mirror $(MIRROR),) $(if $(KEYS),--keys $(KEYS),)
+# Locks made against the generated demo mirror live under build/, not releases/.
+MIRROR_ARGS = $(if $(MIRROR),--mirror $(MIRROR),) $(if $(KEYS),--keys $(KEYS),) $(if $(filter file://$(abspath $(DEMO_MIRROR)),$(MIRROR)),--lock-dir build/locks,)
+DEMO_ARGS   = --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys --lock-dir build/locks
 ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
 
 .PHONY: help demo test check plan bench verify clean mirror
@@ -30,7 +32,7 @@ $(DEMO_MIRROR)/keys/repo.pub:
 mirror: $(DEMO_MIRROR)/keys/repo.pub  ## generate the offline demo mirror (if absent)
 
 demo: mirror  ## build the whole family for $(RELEASE), both arches, from the offline mirror
-	$(FI) build --release $(RELEASE) --all --out $(OUT) --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys
+	$(FI) build --release $(RELEASE) --all --out $(OUT) $(DEMO_ARGS)
 
 test:  ## run the test suite
 	$(PYTHON) -m pytest -n auto -q
@@ -45,7 +47,7 @@ bench:  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
 	$(PYTHON) -m builder.bench
 
 verify: mirror  ## build the demo family twice under perturbation and diff
-	$(FI) verify --release $(RELEASE) --all --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys
+	$(FI) verify --release $(RELEASE) --all $(DEMO_ARGS)
 
 freebsd%:  ## build one image, e.g. make freebsd14-minimal ARCH=arm64
 	$(FI) build $@ $(ARCH_ARGS) --out $(OUT) $(MIRROR_ARGS)

@@ -115,3 +115,80 @@ def cmd_mirror(args) -> int:
                     Path(str(target) + ".tmp").replace(target)
         print(f"{abi}: mirrored {len(paths)} packages into {args.dest / abi}")
     return 0
+
+
+def _build_args(p) -> None:
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image to build, e.g. freebsd14.2-minimal")
+    p.add_argument("--release", help="build this release's family (with --all or --flavour)")
+    p.add_argument("--all", action="store_true", help="every flavour of --release")
+    p.add_argument("--flavour", action="append", help="only this flavour of --release (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("build/out"), help="output root; the layout is OUT/<release>/")
+    p.add_argument("--zstd", action="store_true", help="zstd-compressed layers instead of gzip")
+    p.add_argument("--squash", action="store_true", help="one layer per image instead of one per flavour")
+    p.add_argument("--archives", action="store_true", help="also write release archives and CHECKSUM files")
+    p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
+    p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_release_options(p, release_positional=False)
+
+
+def build_targets(project, args) -> dict[str, list[str]]:
+    """release -> flavours, from image names or --release/--all/--flavour."""
+    from builder.plan import parse_image
+    out: dict[str, list[str]] = {}
+    for image in args.images:
+        rel, fl = parse_image(project, image)
+        out.setdefault(rel, []).append(fl)
+    if args.release:
+        if not (args.all or args.flavour):
+            raise BuildError("--release needs --all or --flavour")
+        project.release(args.release)
+        out.setdefault(args.release, []).extend(project.family.names if args.all else args.flavour)
+    if not out:
+        raise BuildError("nothing to build: name an image (e.g. freebsd14.2-minimal) or --release R --all")
+    if args.lock and len(out) > 1:
+        raise BuildError("--lock names one lock file; build one release at a time or use --lock-dir")
+    return out
+
+
+@command("build", "build images into an OCI layout (one per release) under --out")
+@arguments(_build_args)
+def cmd_build(args) -> int:
+    import json
+    from builder.cli import _table
+    from builder.images import build_release, human_size
+    from builder.project import load_project
+    project = load_project(args.project)
+    rows, doc = [], []
+    for rel, flavours in build_targets(project, args).items():
+        ctx = Context.from_args(args, rel)
+        lock = ensure_lock(ctx, args.update)
+        rb = build_release(ctx, lock, args.out, sorted(set(flavours), key=project.family.names.index),
+                           "zstd" if args.zstd else "gzip", args.squash, args.jobs)
+        if args.archives:
+            from builder.oci.archive import write_archives
+            for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
+                print(f"wrote {path}", file=sys.stderr)
+        for img in rb.images:
+            rows.append([f"{img.name}:{img.tags[0]}", img.platform, str(len(img.layers)), human_size(img.size),
+                         img.manifest.digest])
+            doc.append({"image": img.name, "tags": list(img.tags), "arch": img.arch, "platform": img.platform,
+                        "layers": len(img.layers), "size": img.size, "digest": img.manifest.digest,
+                        "config": img.config.digest, "version": img.version, "layout": str(rb.layout),
+                        "index": rb.indexes[img.name].digest})
+        print(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch})",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps({"images": doc}, indent=2))
+    else:
+        print(_table(rows, ["IMAGE", "ARCH", "LAYERS", "SIZE", "DIGEST"]))
+    return 0
+
+
+@command("gc", "remove blobs no ref of an OCI layout reaches")
+@arguments(lambda p: (p.add_argument("layout", type=Path), p.add_argument("--dry-run", action="store_true")))
+def cmd_gc(args) -> int:
+    from builder.oci.layout import Layout
+    gone = Layout(args.layout).gc(args.dry_run)
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(gone)} blobs from {args.layout}")
+    return 0

@@ -18,7 +18,8 @@ def add_release_options(p, release_positional: bool = True) -> None:
     p.add_argument("--arch", action="append", help="only this arch, FreeBSD or OCI name (repeatable)")
     p.add_argument("--mirror", default=None, help="re-root repository URLs on this mirror (or $FREEBSD_IMAGES_MIRROR)")
     p.add_argument("--keys", type=Path, default=None, help="trust this key directory instead (trusted/, revoked/, repo.pub)")
-    p.add_argument("--lock", type=Path, default=None, help="lock file (default releases/<release>.lock.json)")
+    p.add_argument("--lock", type=Path, default=None, help="lock file (default <lock-dir>/<release>.lock.json)")
+    p.add_argument("--lock-dir", type=Path, default=None, help="directory of lock files (default the project's releases/)")
     p.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $XDG_CACHE_HOME/freebsd-images)")
 
 
@@ -40,7 +41,8 @@ class Context:
         if mirror or keys:
             rel = rel.with_mirror(mirror, keys)
         arches = [rel.arch(a).name for a in args.arch] if args.arch else [a.name for a in rel.arches]
-        lock = args.lock or (project.root / "releases" / f"{rel.name}.lock.json")
+        lock_dir = getattr(args, "lock_dir", None) or (project.root / "releases")
+        lock = args.lock or (lock_dir / f"{rel.name}.lock.json")
         return cls(project, rel, arches, Transport(), Cache(args.cache_dir), lock)
 
 

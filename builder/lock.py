@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from builder.atomic import atomic_write_bytes
-from builder.config.family import Family
+from builder.config.family import Family, PackageRef
 from builder.config.release import Release
 from builder.errors import BuildError
 from builder.plan import flavour_packages
@@ -125,6 +125,11 @@ def make_lock(release: Release, family: Family, catalogues: dict[str, list[Catal
             for w in res.warnings:
                 warn(f"{release.name}/{arch}/{fname}: {w}")
             for p in res.packages:
+                packages[p.name] = LockedPackage(p.name, p.origin, p.version, p.repository, p.repopath, p.pkgsize, p.sum)
+            # Packages the flavour only reads from (skeleton specs, extracted files) are locked too.
+            sources = [e.package for e in fl.extract] + ([fl.skeleton.package] if fl.skeleton else [])
+            extra = [PackageRef(n, None, False) for n in release.map_packages(sources) if n not in packages]
+            for p in resolve(cats, extra, abi).packages if extra else ():
                 packages[p.name] = LockedPackage(p.name, p.origin, p.version, p.repository, p.repopath, p.pkgsize, p.sum)
             flavours[fname] = {"packages": res.names, "automatic": sorted(res.automatic)}
         arches[arch] = ArchLock(abi=abi, catalogues={c.repository: c.digest for c in cats},

@@ -222,6 +222,11 @@ def _repo_dir(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[1]
 
 
+def _signing(repo) -> str:
+    # sign the way the release file says the real repository is signed
+    return "pubkey" if repo.signature_type == "pubkey" else "fingerprints"
+
+
 def generate(release: Release, out: Path, arches: Optional[list[str]] = None,
              opts: GenOptions = GenOptions()) -> dict:
     """Generate the release's base and ports repositories for each arch under out/<ABI>/<repo>."""
@@ -243,11 +248,11 @@ def generate(release: Release, out: Path, arches: Optional[list[str]] = None,
         ports_url = ports.url if ports else "pkg+https://pkg.FreeBSD.org/${ABI}/quarterly"
         pk = base_packages(arch, opts.seed, ports_url)
         d = out / abi / _repo_dir(base.url)
-        write_repository(d, abi, arch, pk, version, "fingerprints", opts)
+        write_repository(d, abi, arch, pk, version, _signing(base), opts)
         summary["repositories"].append(str(d))
         if ports is not None:
             d = out / abi / _repo_dir(ports.url)
-            write_repository(d, abi, arch, ports_packages(arch, opts.seed, osversion), version, "pubkey", opts)
+            write_repository(d, abi, arch, ports_packages(arch, opts.seed, osversion), version, _signing(ports), opts)
             summary["repositories"].append(str(d))
     return summary
 

@@ -1,0 +1,264 @@
+"""Build the family's root filesystems for one arch and write each flavour's layer.
+
+Plain data in, plain data out: locked package files and the family go in;
+per flavour, the filesystem model, the layer blob(s) and what was installed
+come out. Flavours are built in family order, each from a copy of its
+parent's filesystem, so each layer holds exactly the flavour's delta.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import jinja2
+
+from builder import mtree
+from builder.config.family import Family, ResolvedFlavour
+from builder.config.release import Release
+from builder.errors import BuildError
+from builder.fsmodel import FileSystem, Node, delta
+from builder.install import ScannedPackage, read_member, scan_package
+from builder.layer import IdMap, LayerInfo, write_layer
+from builder.lock import ArchLock
+from builder.pkgdb import Registration, build_pkgdb
+from builder.post import certctl, dbtools
+from builder.post.scripts import recognise
+
+PKGDB_PATH = "/var/db/pkg/local.sqlite"
+
+# BlobSink(write) runs write(fh) into a new blob and returns its LayerInfo.
+BlobSink = Callable[[Callable], LayerInfo]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    epoch: int
+    compression: str = "gzip"     # gzip | zstd
+    squash: bool = False          # one layer per image instead of one per flavour
+
+
+@dataclass
+class FlavourResult:
+    flavour: str
+    parent: Optional[str]
+    arch: str
+    fs: FileSystem
+    layers: list[LayerInfo]               # bottom first, the whole image's layers
+    history: list[str]                    # one line per layer: what it installed
+    installed: list[str]                  # registered packages, sorted
+    added: list[str]                      # packages this flavour added
+    version: str                          # FreeBSD version (the version package's version)
+    config: object = None                 # the resolved ImageConfig
+    description: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+class _Contents:
+    """Small file contents from packages or generated nodes, one package pass per request."""
+
+    def __init__(self, packages: dict[str, Path]):
+        self.packages = packages
+
+    def read(self, fs: FileSystem, paths: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        per_pkg: dict[str, dict[str, str]] = {}
+        for p in paths:
+            node = fs.nodes[p]
+            if node.data is not None:
+                out[p] = node.data
+            elif node.source.startswith("pkg:"):
+                member = node.target if node.kind == "hardlink" else node.path
+                per_pkg.setdefault(node.source[4:], {})[member] = p
+        for pkg, members in sorted(per_pkg.items()):
+            got = read_member(self.packages[pkg], pkg, set(members))
+            for member, p in members.items():
+                out[p] = got[member]
+        return out
+
+
+def _generated(path: str, data: bytes, mode: int, epoch: int, tool: str, uname: str = "root",
+               gname: str = "wheel") -> Node:
+    return Node(path, "file", mode, uname, gname, epoch, len(data), hashlib.sha256(data).hexdigest(),
+                source=f"generated:{tool}", data=data)
+
+
+def _skeleton(fs: FileSystem, fl: ResolvedFlavour, contents: _Contents, scanned: Callable[[str], ScannedPackage],
+              epoch: int) -> None:
+    skel = fl.skeleton
+    pkg = scanned(skel.package)
+    by_path = {n.path: n for n in pkg.nodes}
+    tmp = FileSystem({n.path: n for n in pkg.nodes})
+    specs = {}
+    for spec in skel.specs:
+        path = f"/etc/mtree/{spec}"
+        if path not in by_path:
+            raise BuildError(f"skeleton: package {skel.package} has no {path}")
+        specs[spec] = path
+    texts = contents.read(tmp, sorted(specs.values()))
+    for spec in skel.specs:
+        root = mtree.SPEC_ROOTS.get(spec)
+        if root is None:
+            raise BuildError(f"skeleton: no known root for mtree spec {spec}")
+        for e in mtree.parse(texts[specs[spec]].decode("utf-8", "replace"), root, f"{skel.package}:{specs[spec]}"):
+            if e.type != "dir" or e.path == "/" or e.path in fs.nodes:
+                continue
+            fs.add(Node(e.path, "dir", e.mode, e.uname, e.gname, epoch, source="skeleton"), "skeleton")
+
+
+def _render(template_path: Path, release: Release, flavour: str, arch: str) -> bytes:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                             loader=jinja2.FileSystemLoader(str(template_path.parent)))
+    try:
+        tpl = env.get_template(template_path.name)
+        base = release.repository("base")
+        return tpl.render(release=release, repository=base, repositories={r.key: r for r in release.repositories},
+                          flavour=flavour, arch=arch, abi=release.abi(arch)).encode()
+    except jinja2.TemplateError as exc:
+        raise BuildError(f"{template_path}: {exc}") from None
+
+
+def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch: int) -> None:
+    def put(path: str, data: bytes, mode: int, tool: str) -> None:
+        fs.add(_generated(path, data, mode, epoch, tool), tool, allow_replace=True)
+
+    if "/etc/master.passwd" in fs.nodes:
+        # pwd_mkdb runs whenever there is a master.passwd: the official static
+        # image has its databases too, though no package script ran there.
+        out = dbtools.pwd_mkdb(contents.read(fs, ["/etc/master.passwd"])["/etc/master.passwd"])
+        put("/etc/passwd", out["/etc/passwd"], 0o644, "pwd_mkdb")
+        put("/etc/pwd.db", out["/etc/pwd.db"], 0o644, "pwd_mkdb")
+        put("/etc/spwd.db", out["/etc/spwd.db"], 0o600, "pwd_mkdb")
+    if "services_mkdb" in actions and "/etc/services" in fs.nodes:
+        put("/var/db/services.db", dbtools.services_mkdb(contents.read(fs, ["/etc/services"])["/etc/services"]),
+            0o644, "services_mkdb")
+    if "cap_mkdb" in actions and "/etc/login.conf" in fs.nodes:
+        put("/etc/login.conf.db", dbtools.cap_mkdb(contents.read(fs, ["/etc/login.conf"])["/etc/login.conf"]),
+            0o644, "cap_mkdb")
+    if "certctl" in actions:
+        for old in [p for p in fs.nodes if p.startswith(("/etc/ssl/certs/", "/etc/ssl/untrusted/",
+                                                          "/etc/ssl/blacklisted/"))
+                    and fs.nodes[p].source == "generated:certctl"]:
+            del fs.nodes[old]
+        certs = contents.read(fs, sorted(p for p, n in fs.nodes.items()
+                                         if certctl.wanted(p) and n.kind in ("file", "hardlink")))
+        for link in certctl.rehash(certs):
+            fs.add(Node(link.path, "symlink", 0o777, mtime=epoch, sha256=hashlib.sha256(link.target.encode()).hexdigest(),
+                        target=link.target, source="generated:certctl"), "certctl", allow_replace=True)
+
+
+def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, packages: dict[str, Path],
+               opts: BuildOptions, sink: BlobSink, flavours: Optional[list[str]] = None,
+               repo_names: Optional[dict[str, str]] = None) -> dict[str, FlavourResult]:
+    """Every flavour (or those named, with their ancestors) for one arch.
+
+    ``release`` must be the release as declared (not re-rooted on a mirror):
+    its URLs are written into the image.
+    """
+    epoch = opts.epoch
+    wanted = family.names
+    if flavours:
+        need = {link for f in flavours for link in family.chain(f)}
+        wanted = [f for f in wanted if f in need]
+    repo_names = repo_names or {r.key: r.name for r in release.repositories}
+    contents = _Contents(packages)
+    scans: dict[str, ScannedPackage] = {}
+
+    def scanned(name: str) -> ScannedPackage:
+        if name not in scans:
+            if name not in packages:
+                raise BuildError(f"{release.name}/{arch}: package {name} is not in the lock file")
+            scans[name] = scan_package(packages[name], name, arch, epoch)
+        return scans[name]
+
+    results: dict[str, FlavourResult] = {}
+    version_pkg = lock.packages.get(release.version_package)
+    version = version_pkg.version if version_pkg else release.name
+    for fname in wanted:
+        fl = family.resolve(fname)
+        parent = family.flavours[fname].parent
+        prev = results[parent] if parent else None
+        fs = prev.fs.copy() if prev else FileSystem()
+        entry = lock.flavours.get(fname)
+        if entry is None:
+            raise BuildError(f"{release.name}/{arch}: flavour {fname} is not in the lock file; run `freebsd-images lock`")
+        names = list(entry["packages"])
+        automatic = set(entry["automatic"])
+        before = set(prev.installed) if prev else set()
+        ignored = dict(fl.ignore_scripts)
+
+        if fl.skeleton and (prev is None or family.resolve(parent).skeleton != fl.skeleton):
+            _skeleton(fs, fl, contents, scanned, epoch)
+        actions: set[str] = set()
+        for name in names:
+            sp = scanned(name)
+            actions |= recognise(name, sp.manifest.get("scripts") or {}, ignored)
+            if name not in before:
+                for node in sp.nodes:
+                    fs.add(node, f"package {name}")
+        for ex in fl.extract:
+            sp = scanned(ex.package)
+            by_path = {n.path: n for n in sp.nodes}
+            for p in ex.paths:
+                if p not in by_path:
+                    raise BuildError(f"flavour {fname}: package {ex.package} has no {p} to extract")
+                if p not in fs.nodes:
+                    fs.add(replace(by_path[p], owner=""), f"extract from {ex.package}")
+        for f in fl.files:
+            if f.template:
+                data = _render(family.base_dir / f.template, release, fname, arch)
+            else:
+                data = f.content.encode()
+            fs.add(_generated(f.path, data, f.mode, epoch, "family", f.uname, f.gname), f"flavour {fname}",
+                   allow_replace=True)
+        for r in fl.remove:
+            fs.remove(r)
+        _post_install(fs, actions, contents, epoch)
+        regs = []
+        for name in sorted(names):
+            sp = scanned(name)
+            repo = lock.packages[name].repository
+            regs.append(Registration(sp.manifest, repo_names.get(repo, repo), name in automatic,
+                                     tuple(sorted(sp.config.items()))))
+        if regs:
+            db = build_pkgdb(regs, epoch, release.pkgdb_user_version)
+            fs.add(_generated(PKGDB_PATH, db, 0o644, epoch, "pkg"), "pkg", allow_replace=True)
+
+        ids = _ids(fs, contents)
+        added = sorted(set(names) - before)
+        what = ", ".join(added) if added else "no packages"
+        history_line = f"{fname}: {what}" + (" + " + ", ".join(t for t in sorted(actions)) if actions else "")
+        pkg_paths = {n: packages[n] for n in scans}
+        if opts.squash or prev is None:
+            nodes, whiteouts = list(fs.nodes.values()), []
+            base_layers, base_history = [], []
+            if opts.squash:
+                history_line = f"{fname}: " + ", ".join(sorted(names))
+        else:
+            nodes, whiteouts = delta(prev.fs, fs)
+            base_layers, base_history = list(prev.layers), list(prev.history)
+        info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression))
+        results[fname] = FlavourResult(
+            flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
+            history=base_history + [history_line], installed=sorted(names), added=added, version=version,
+            config=fl.config, description=fl.description,
+            versions={n: lock.packages[n].version for n in names})
+    return results
+
+
+def _ids(fs: FileSystem, contents: _Contents) -> IdMap:
+    have = [p for p in ("/etc/master.passwd", "/etc/group") if p in fs.nodes and fs.nodes[p].kind == "file"]
+    got = contents.read(fs, have)
+    return IdMap(got.get("/etc/master.passwd"), got.get("/etc/group"))
+
+
+def tree(fs: FileSystem) -> list[tuple[str, str, int, int, str]]:
+    """(path, type, mode, size, sha256-or-target) per node: what a consumer of the image should see."""
+    out = []
+    for p in sorted(fs.nodes, key=lambda p: tuple(p.strip("/").split("/"))):
+        n = fs.nodes[p]
+        kind = {"file": "f", "hardlink": "f", "dir": "d", "symlink": "l"}[n.kind]
+        out.append((p, kind, n.mode, n.size if kind == "f" else 0, n.target if kind == "l" else (n.sha256 if kind == "f" else "")))
+    return out
+
