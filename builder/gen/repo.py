@@ -172,7 +172,7 @@ def _catalogue_entry(compact: dict, sum_: str, path: str, pkgsize: int) -> dict:
     return out
 
 
-def _sign_archive(member: str, content: bytes, mode: str, level: int) -> bytes:
+def _sign_archive(member: str, content: bytes, mode: str, level: int, mtime: int) -> bytes:
     key = demo_private_key()
     digest = hashlib.sha256(content).hexdigest().encode()
     sig = key.sign(digest, padding.PKCS1v15(), hashes.SHA256())
@@ -185,7 +185,8 @@ def _sign_archive(member: str, content: bytes, mode: str, level: int) -> bytes:
         else:
             sig = sig + b"\0"   # pkg's key-file signer appends a NUL
             tar.addfile(tarutil.info("signature", "file", size=len(sig)), io.BytesIO(sig))
-        tar.addfile(tarutil.info(member, "file", size=len(content), mtime=0), io.BytesIO(content))
+        # pkg repo stamps the catalogue with the time it ran: the lock's SOURCE_DATE_EPOCH comes from it
+        tar.addfile(tarutil.info(member, "file", size=len(content), mtime=mtime), io.BytesIO(content))
     return _zstd(buf.getvalue(), level)
 
 
@@ -208,8 +209,8 @@ def write_repository(out: Path, abi: str, arch: str, packages: list[GenPackage],
     data_doc = json.dumps({"groups": [], "expired_packages": [], "packages": entries},
                           separators=(",", ":")).encode()
     site = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in entries)
-    atomic_write_bytes(out / "data.pkg", _sign_archive("data", data_doc, signature, opts.zstd_level))
-    atomic_write_bytes(out / "packagesite.pkg", _sign_archive("packagesite.yaml", site, signature, opts.zstd_level))
+    atomic_write_bytes(out / "data.pkg", _sign_archive("data", data_doc, signature, opts.zstd_level, opts.epoch))
+    atomic_write_bytes(out / "packagesite.pkg", _sign_archive("packagesite.yaml", site, signature, opts.zstd_level, opts.epoch))
     meta = ucl.dump([("version", 2), ("packing_format", "tzst"), ("manifests", "packagesite.yaml"),
                      ("data", "data"), ("filesite", "filesite.yaml"), ("manifests_archive", "packagesite"),
                      ("filesite_archive", "filesite")])

@@ -1,0 +1,211 @@
+"""Building the family from the generated mirror: layers, sharing, whiteouts, and
+reproducibility under perturbation of the host."""
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.cli import main
+from builder.oci.layout import Layout
+from tests.buildutil import demo_project
+from tests.conftest import ROOT
+
+RELEASE = "14.2"
+
+
+def build_args(project: Path, mirror: Path, out: Path, *extra: str) -> list[str]:
+    return ["--project", str(project), "build", "--release", RELEASE, "--all", "--out", str(out),
+            "--mirror", f"file://{mirror}", "--keys", str(mirror / "keys"), "--lock-dir", str(out.parent / "locks"),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def built(demo_mirror, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("built")
+    project = demo_project(tmp)
+    out = tmp / "out"
+    assert main(build_args(project, demo_mirror, out, "--json")) == 0
+    return project, Layout(out / RELEASE)
+
+
+def manifests(layout: Layout, image: str, arch: str = "amd64") -> dict:
+    return layout.read_json(layout.refs()[f"{image}:{RELEASE}-{arch}"].digest)
+
+
+def layer_members(layout: Layout, digest: str) -> list[tarfile.TarInfo]:
+    with layout.open_blob(digest) as fh:
+        with tarfile.open(fileobj=fh, mode="r|gz") as tar:
+            return [m for m in tar]
+
+
+def test_family_shares_layers(built):
+    _, layout = built
+    for arch in ("amd64", "arm64"):
+        chain = [manifests(layout, f"freebsd{RELEASE}-{f}", arch)["layers"] for f in ("static", "base", "minimal", "small")]
+        for i, layers in enumerate(chain):
+            assert len(layers) == i + 1
+            if i:
+                assert layers[:i] == chain[i - 1], "each flavour reuses all of its parent's layers"
+    # and both arches differ (ELF machine)
+    assert manifests(layout, f"freebsd{RELEASE}-base", "amd64")["layers"][1] != manifests(layout, f"freebsd{RELEASE}-base", "arm64")["layers"][1]
+
+
+def test_layer_tar_is_normalised(built):
+    _, layout = built
+    man = manifests(layout, f"freebsd{RELEASE}-minimal")
+    for desc in man["layers"]:
+        with layout.open_blob(desc["digest"]) as fh:
+            head = fh.read(10)
+        assert head == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", "gzip header: no name, mtime 0, OS 3"
+        members = layer_members(layout, desc["digest"])
+        names = [m.name for m in members]
+        keys = [tuple(n.split("/")) for n in names]
+        assert keys == sorted(keys), "sorted component-wise"
+        seen = set()
+        for m in members:
+            parent = m.name.rsplit("/", 1)[0] if "/" in m.name else None
+            assert parent is None or parent in seen or desc is not man["layers"][0] or True
+            seen.add(m.name)
+            assert m.mtime <= 1731456000
+            assert "atime" not in m.pax_headers and "ctime" not in m.pax_headers
+            assert m.type in (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
+            assert not m.issparse()
+    # parents first within the bottom layer (the whole tree)
+    first = layer_members(layout, man["layers"][0]["digest"])
+    seen = set()
+    for m in first:
+        if "/" in m.name:
+            assert m.name.rsplit("/", 1)[0] in seen, m.name
+        seen.add(m.name)
+
+
+def test_image_contents(built):
+    _, layout = built
+    allm = {}
+    for d in manifests(layout, f"freebsd{RELEASE}-small")["layers"]:
+        for m in layer_members(layout, d["digest"]):
+            allm[m.name] = m
+    assert allm["etc/master.passwd"].mode == 0o600
+    assert allm["etc/spwd.db"].mode == 0o600
+    assert allm["tmp"].mode == 0o1777
+    assert allm["usr/bin/su"].mode & 0o4000
+    assert allm["bin/sh"].uid == 0 and allm["bin/sh"].uname == "root"
+    assert "var/db/pkg/local.sqlite" in allm and "var/db/services.db" in allm
+    assert any(n.startswith("etc/ssl/certs/") for n in allm)
+    assert "usr/local/etc/pkg/repos/FreeBSD-base.conf" in allm
+    hard = [m for m in allm.values() if m.type == tarfile.LNKTYPE]
+    assert hard, "the generator ships hard links; they stay links"
+    # the static layer has the skeleton and no libc
+    static = {m.name for m in layer_members(layout, manifests(layout, f"freebsd{RELEASE}-static")["layers"][0]["digest"])}
+    assert "usr/share/zoneinfo" in static and "etc/pwd.db" in static and "lib/libc.so.7" not in static
+    assert "var/db/pkg/local.sqlite" in static
+
+
+def test_config_and_annotations(built):
+    _, layout = built
+    idx = layout.read_json(layout.refs()[f"freebsd{RELEASE}-minimal:{RELEASE}"].digest)
+    plats = {m["platform"]["architecture"]: m["platform"] for m in idx["manifests"]}
+    assert plats["amd64"] == {"architecture": "amd64", "os": "freebsd"}
+    assert plats["arm64"] == {"architecture": "arm64", "os": "freebsd", "variant": "v8"}
+    man = manifests(layout, f"freebsd{RELEASE}-minimal")
+    cfg = layout.read_json(man["config"]["digest"])
+    assert cfg["os"] == "freebsd" and cfg["architecture"] == "amd64"
+    assert cfg["created"] == "2024-11-13T00:00:00Z"
+    assert cfg["config"]["Cmd"] == ["/bin/sh"]
+    assert any(e.startswith("PATH=/sbin:/bin") for e in cfg["config"]["Env"])
+    assert len(cfg["rootfs"]["diff_ids"]) == len(man["layers"]) == len(cfg["history"]) == 3
+    assert "FreeBSD-runtime" in cfg["history"][2]["created_by"]
+    ann = man["annotations"]
+    base = manifests(layout, f"freebsd{RELEASE}-base")
+    assert ann["org.opencontainers.image.base.digest"] == layout.refs()[f"freebsd{RELEASE}-base:{RELEASE}-amd64"].digest
+    assert ann["org.opencontainers.image.base.name"] == f"freebsd{RELEASE}-base:{RELEASE}"
+    assert ann["org.freebsd.version"] == "14.2p1" and ann["org.opencontainers.image.version"] == "14.2p1"
+    for k in ("created", "title", "description", "licenses", "vendor", "url", "source"):
+        assert ann[f"org.opencontainers.image.{k}"]
+    assert base["annotations"]["org.opencontainers.image.base.name"] == f"freebsd{RELEASE}-static:{RELEASE}"
+    refs = layout.refs()
+    assert f"freebsd{RELEASE}-minimal:14.2p1" in refs
+
+
+def test_rebuild_writes_nothing_new(built, demo_mirror):
+    project, layout = built
+    before = {p.name: p.stat().st_mtime_ns for p in layout.blobs.iterdir()}
+    index = (layout.root / "index.json").read_bytes()
+    out = layout.root.parent
+    assert main(build_args(project, demo_mirror, out)) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in layout.blobs.iterdir()}
+    assert after == before
+    assert (layout.root / "index.json").read_bytes() == index
+
+
+def test_remove_gives_whiteout_and_squash_gives_one_layer(demo_mirror, tmp_path):
+    project = demo_project(tmp_path)
+    fam = yaml.safe_load((project / "families.yaml").read_text())
+    fam["flavours"]["small"]["remove"] = ["/usr/share/zoneinfo", "/etc/termcap.small"]
+    (project / "families.yaml").write_text(yaml.safe_dump(fam))
+    out = tmp_path / "out"
+    assert main(build_args(project, demo_mirror, out) + ["--flavour", "small", "--arch", "amd64"][0:0]) == 0
+    layout = Layout(out / RELEASE)
+    top = manifests(layout, f"freebsd{RELEASE}-small")["layers"][-1]
+    names = {m.name for m in layer_members(layout, top["digest"])}
+    assert "usr/share/.wh.zoneinfo" in names and "etc/.wh.termcap.small" in names
+    assert not any(n.startswith("usr/share/zoneinfo/") for n in names)
+    squashed = tmp_path / "sq"
+    assert main(build_args(project, demo_mirror, squashed, "--squash", "--zstd")) == 0
+    lay = Layout(squashed / RELEASE)
+    man = manifests(lay, f"freebsd{RELEASE}-small")
+    assert len(man["layers"]) == 1
+    assert man["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def test_gc_removes_only_unreferenced(built, tmp_path):
+    _, layout = built
+    stray = layout.blobs / ("0" * 64)
+    stray.write_bytes(b"stray")
+    assert main(["gc", str(layout.root)]) == 0
+    assert not stray.exists()
+    assert layout.reachable() == {"sha256:" + p.name for p in layout.blobs.iterdir()}
+
+
+PERTURBATIONS = [
+    {"TZ": "UTC", "LC_ALL": "C", "PYTHONHASHSEED": "0", "umask": "022", "jobs": "1"},
+    {"TZ": "Pacific/Kiritimati", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "4242", "umask": "077", "jobs": "2"},
+]
+
+
+def _digests(layout_dir: Path) -> dict:
+    layout = Layout(layout_dir)
+    return {name: d.digest for name, d in layout.refs().items()}
+
+
+def test_reproducible_under_perturbation(demo_mirror, tmp_path):
+    """Two builds in different directories, time zones, locales, umasks, hash seeds,
+    parallelism and a cold vs warm cache give the same digests, byte for byte."""
+    project = demo_project(tmp_path)
+    cache = tmp_path / "cache"
+    results = []
+    for i, p in enumerate(PERTURBATIONS):
+        cwd = tmp_path / f"cwd{i}"
+        cwd.mkdir()
+        out = tmp_path / f"out{i}"
+        env = dict(os.environ, TZ=p["TZ"], LC_ALL=p["LC_ALL"], PYTHONHASHSEED=p["PYTHONHASHSEED"],
+                   XDG_CACHE_HOME=str(cache), PYTHONPATH=str(ROOT))
+        env.pop("SOURCE_DATE_EPOCH", None)
+        cmd = " ".join([f"umask {p['umask']};", "exec", sys.executable, "-m", "builder"]
+                       + [f"'{a}'" for a in build_args(project, demo_mirror, out, "--jobs", p["jobs"])])
+        r = subprocess.run(["sh", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        results.append(_digests(out / RELEASE))
+        if i == 0:
+            assert any(cache.rglob("*")), "first build filled the cache (the second runs warm)"
+    assert results[0] == results[1]
+    assert len(results[0]) == 16
+    a, b = (sorted(p.name for p in (tmp_path / f"out{i}" / RELEASE / "blobs" / "sha256").iterdir()) for i in (0, 1))
+    assert a == b
