@@ -82,10 +82,20 @@ def test_catalogue_matches_pkg_shape(generated, kind):
         assert [d.name for d in p.deps] == [d.name for d in t.deps], name
 
 
-def test_ports_catalogue_is_pubkey_signed(generated):
-    ours, members = load_catalogue(generated / "FreeBSD:14:amd64/quarterly", "pubkey", generated / "keys")
+def test_ports_catalogue_signed_as_the_release_says(generated, tmp_path):
+    # 14.2.yaml declares the ports repository with fingerprints, like pkg.FreeBSD.org
+    ours, members = load_catalogue(generated / "FreeBSD:14:amd64/quarterly", "fingerprints", generated / "keys")
+    assert members == ["data.sig", "data.pub", "data"]
     theirs, their_members = load_catalogue(PKGREPO / "FreeBSD:14:amd64/latest", "pubkey", PKGREPO / "keys")
-    assert members == their_members == ["signature", "data"]
+    assert their_members == ["signature", "data"]
+    # a release declaring pubkey gets a key-file signature, as pkg's rsa: signer writes it
+    import dataclasses
+    rel = load_release(ROOT / "releases/14.2.yaml", ROOT)
+    rel = dataclasses.replace(rel, repositories=tuple(dataclasses.replace(r, signature_type="pubkey") if r.key == "ports" else r
+                                                       for r in rel.repositories))
+    generate(rel, tmp_path / "pk", arches=["amd64"], opts=GenOptions(seed="test"))
+    _, pk_members = load_catalogue(tmp_path / "pk/FreeBSD:14:amd64/quarterly", "pubkey", tmp_path / "pk/keys")
+    assert pk_members == their_members
     assert_same_shape([p.raw for p in ours.packages.values()], [p.raw for p in theirs.packages.values()], "ports catalogue")
     assert ours.packages["pkg"].raw["prefix"] == "/usr/local"
 
