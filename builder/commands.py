@@ -1,6 +1,7 @@
 """Release-level commands: lock, outdated, fetch, mirror."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -191,4 +192,47 @@ def cmd_gc(args) -> int:
     from builder.oci.layout import Layout
     gone = Layout(args.layout).gc(args.dry_run)
     print(f"{'would remove' if args.dry_run else 'removed'} {len(gone)} blobs from {args.layout}")
+    return 0
+
+
+def _publish_args(p) -> None:
+    p.add_argument("layout", type=Path, help="OCI layout written by build (e.g. build/out/14.2)")
+    p.add_argument("--to", required=True, help="registry and namespace, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd")
+    p.add_argument("--image", action="append", help="only this image name (repeatable)")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (local registries only)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be pushed, push nothing")
+    p.add_argument("--user", default=os.environ.get("FREEBSD_IMAGES_REGISTRY_USER"),
+                   help="user name (default $FREEBSD_IMAGES_REGISTRY_USER)")
+    p.add_argument("--password-env", default="FREEBSD_IMAGES_REGISTRY_PASSWORD",
+                   help="environment variable holding the password or token")
+    p.add_argument("--chunk-size", type=int, default=8 << 20, help="PATCH chunk size for large blobs")
+    p.add_argument("--json", action="store_true", help="print push statistics as JSON")
+
+
+@command("publish", "push a layout's images (blobs, manifests, multi-arch indexes, tags) to a registry")
+@arguments(_publish_args)
+def cmd_publish(args) -> int:
+    import json
+    from builder.oci.layout import Layout
+    from builder.oci.registry import Registry, parse_destination, publish, targets_in_layout
+    layout = Layout(args.layout)
+    if not (args.layout / "index.json").exists():
+        raise BuildError(f"{args.layout}: not an OCI layout (no index.json)")
+    host, ns = parse_destination(args.to)
+    auth = (args.user, os.environ.get(args.password_env, "")) if args.user else None
+    reg = Registry(host, insecure=args.insecure, auth=auth, chunk_size=args.chunk_size,
+                   monolithic_max=args.chunk_size)
+    targets = targets_in_layout(layout, args.image)
+    if not targets:
+        raise BuildError(f"{args.layout}: no image to publish" + (f" named {', '.join(args.image)}" if args.image else ""))
+    stats = publish(layout, reg, ns, targets, args.dry_run, log=lambda m: print(m, file=sys.stderr))
+    summary = {"images": len(targets), "uploaded": stats.uploaded, "uploaded_bytes": stats.uploaded_bytes,
+               "mounted": stats.mounted, "skipped": stats.skipped, "manifests": stats.manifests,
+               "manifests_skipped": stats.manifests_skipped, "requests": stats.requests, "dry_run": args.dry_run}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{host}/{ns}: {len(targets)} images; blobs uploaded {stats.uploaded} ({stats.uploaded_bytes} bytes), "
+              f"mounted {stats.mounted}, already there {stats.skipped}; manifests pushed {stats.manifests}, "
+              f"unchanged {stats.manifests_skipped}" + (" (dry run)" if args.dry_run else ""))
     return 0
