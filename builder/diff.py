@@ -1,0 +1,416 @@
+"""Explain why two builds differ, down to the file, row or record.
+
+A and B are OCI layouts (``DIR`` or ``DIR:REF``), release archives (``.txz``)
+or registry references (``docker://host/repo:tag``). The walk goes index ->
+manifests (matched by platform) -> config -> layers -> tar entries; entries
+are compared by header fields and content hash in one streaming pass, then
+the few entries whose content differs are read again for a bounded text diff,
+a row-level diff of local.sqlite or a record-level diff of Berkeley DB files.
+"""
+from __future__ import annotations
+
+import difflib
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import zstandard
+
+from builder import bdb
+from builder.errors import BuildError
+from builder.oci.layout import INDEX_MT, REF_NAME, Descriptor, Layout
+
+TEXT_DIFF_LINES = 40
+CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this
+PKGDB = "var/db/pkg/local.sqlite"
+DB_SUFFIX = ".db"
+
+
+@dataclass
+class Difference:
+    image: str                  # ref name, or "" for layout-level differences
+    where: str                  # "index", "manifest [amd64]", "config [amd64]", "layer 3/4 [amd64]"
+    path: str = ""              # file inside the layer
+    field: str = ""             # what differs: digest, mode, mtime, content, order, row, record ...
+    a: object = None
+    b: object = None
+    detail: str = ""            # text diff, table/key/column ...
+
+    def human(self) -> str:
+        loc = " ".join(x for x in (self.image, self.where) if x)
+        what = f"{self.path}: " if self.path else ""
+        vals = "" if self.a is None and self.b is None else f": {self.a!r} != {self.b!r}"
+        out = f"{loc}: {what}{self.field}{vals}"
+        if self.detail:
+            out += "\n" + "\n".join("    " + l for l in self.detail.splitlines())
+        return out
+
+
+# --- opening sources ---------------------------------------------------------------------
+
+@dataclass
+class Source:
+    label: str
+    layout: Layout
+    ref: Optional[str] = None
+    tmp: Optional[str] = None
+
+    def close(self) -> None:
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def refs(self) -> dict[str, Descriptor]:
+        refs = self.layout.refs()
+        if self.ref:
+            if self.ref not in refs:
+                raise BuildError(f"{self.label}: no ref {self.ref!r}")
+            return {self.ref: refs[self.ref]}
+        return refs
+
+
+def open_source(spec: str, insecure: bool = False) -> Source:
+    if spec.startswith("docker://"):
+        return _from_registry(spec, insecure)
+    p = Path(spec)
+    if p.is_file():
+        return _from_archive(p)
+    ref = None
+    if not p.is_dir():
+        # DIR:REF, where REF itself may hold ':' (name:tag)
+        cut = next((i for i, c in enumerate(spec) if c == ":" and Path(spec[:i]).is_dir()), None)
+        if cut is not None:
+            p, ref = Path(spec[:cut]), spec[cut + 1:]
+    if not (p / "index.json").is_file():
+        raise BuildError(f"{spec}: not an OCI layout, release archive or docker:// reference")
+    return Source(spec, Layout(p), ref)
+
+
+def _from_archive(path: Path) -> Source:
+    tmp = tempfile.mkdtemp(prefix="freebsd-images-diff.")
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                name = m.name.lstrip("./")
+                if not (m.isfile() or m.isdir()) or ".." in name.split("/"):
+                    continue
+                dest = Path(tmp) / name
+                if m.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    except (tarfile.TarError, lzma.LZMAError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BuildError(f"{path}: cannot read archive: {exc}") from None
+    return Source(str(path), Layout(Path(tmp)), None, tmp)
+
+
+def _from_registry(spec: str, insecure: bool) -> Source:
+    from builder.oci.registry import ACCEPT, Registry
+    rest = spec[len("docker://"):]
+    host, _, path = rest.partition("/")
+    repo, _, tag = path.rpartition(":") if ":" in path.split("/")[-1] else (path, "", "latest")
+    reg = Registry(host, insecure=insecure)
+    tmp = tempfile.mkdtemp(prefix="freebsd-images-diff.")
+    layout = Layout(Path(tmp)).init()
+
+    def fetch(digest: str) -> None:
+        if layout.has_blob(digest):
+            return
+        r = reg.request("GET", f"/v2/{repo}/blobs/{digest}", f"repository:{repo}:pull")
+        layout.put_bytes(r.content)
+
+    data = reg.request("GET", f"/v2/{repo}/manifests/{tag}", f"repository:{repo}:pull", headers={"Accept": ACCEPT}).content
+    top = json.loads(data)
+    digest, size = layout.put_bytes(data)
+    mans = [m["digest"] for m in top.get("manifests", [])] if "manifests" in top else [digest]
+    for md in mans:
+        if md != digest:
+            layout.put_bytes(reg.request("GET", f"/v2/{repo}/manifests/{md}", f"repository:{repo}:pull",
+                                         headers={"Accept": ACCEPT}).content)
+        m = layout.read_json(md)
+        for blob in [m["config"]] + m["layers"]:
+            fetch(blob["digest"])
+    name = f"{repo.rsplit('/', 1)[-1]}:{tag}"
+    layout.set_refs({name: Descriptor(top.get("mediaType", INDEX_MT), digest, size)})
+    return Source(spec, layout, None, tmp)
+
+
+# --- layer entries -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EntryInfo:
+    index: int
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    mtime: int
+    size: int
+    linkname: str
+    sha256: str
+    pax: tuple
+
+
+TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+         tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
+
+
+def _decompressed(fh, media_type: str):
+    head = fh.read(4)
+    fh.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=fh, mode="rb")
+    if head == b"\x28\xb5\x2f\xfd":
+        return zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+    return fh
+
+
+def layer_entries(layout: Layout, digest: str, media_type: str) -> dict[str, EntryInfo]:
+    out: dict[str, EntryInfo] = {}
+    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw, media_type), mode="r|") as tar:
+        for i, m in enumerate(tar):
+            h = hashlib.sha256()
+            if m.isfile():
+                f = tar.extractfile(m)
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            pax = tuple(sorted((k, v) for k, v in m.pax_headers.items() if k not in ("path", "linkpath", "size")))
+            out[m.name] = EntryInfo(i, TYPES.get(m.type, repr(m.type)), m.mode, m.uid, m.gid, m.uname, m.gname,
+                                    int(m.mtime), m.size, m.linkname, h.hexdigest() if m.isfile() else "", pax)
+    return out
+
+
+def read_entries(layout: Layout, digest: str, media_type: str, names: set[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    if not names:
+        return out
+    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw, media_type), mode="r|") as tar:
+        for m in tar:
+            if m.name in names and m.isfile() and m.size <= CONTENT_LIMIT:
+                out[m.name] = tar.extractfile(m).read()
+    return out
+
+
+def _content_detail(path: str, a: bytes, b: bytes) -> list[tuple[str, str, object, object, str]]:
+    """(field, detail, a, b, extra) for a file whose bytes differ."""
+    name = path.rsplit("/", 1)[-1]
+    if path.endswith(PKGDB) or name.endswith(".sqlite"):
+        return _sqlite_diff(a, b)
+    if name.endswith(DB_SUFFIX):
+        try:
+            ra, rb = bdb.read(a), bdb.read(b)
+        except Exception:  # not a Berkeley DB file after all: fall through to bytes
+            ra = rb = None
+        if ra is not None:
+            out = []
+            for k in sorted(set(ra) | set(rb)):
+                if ra.get(k) != rb.get(k):
+                    out.append(("record", f"key {k!r}", ra.get(k), rb.get(k), ""))
+            if not out:
+                out.append(("content", "same records, different page layout", None, None, ""))
+            return out[:50]
+    try:
+        ta, tb = a.decode("utf-8"), b.decode("utf-8")
+    except UnicodeDecodeError:
+        return [("content", "", hashlib.sha256(a).hexdigest()[:16], hashlib.sha256(b).hexdigest()[:16], "")]
+    lines = list(difflib.unified_diff(ta.splitlines(), tb.splitlines(), "a" + path, "b" + path, lineterm="", n=1))
+    more = len(lines) - TEXT_DIFF_LINES
+    text = "\n".join(lines[:TEXT_DIFF_LINES]) + (f"\n... {more} more lines" if more > 0 else "")
+    return [("content", text, None, None, "")]
+
+
+def _sqlite_diff(a: bytes, b: bytes) -> list:
+    from builder.pkgdb import read_rows
+    with tempfile.TemporaryDirectory() as d:
+        pa, pb = os.path.join(d, "a.sqlite"), os.path.join(d, "b.sqlite")
+        Path(pa).write_bytes(a)
+        Path(pb).write_bytes(b)
+        try:
+            ra, rb = read_rows(pa, ignore=()), read_rows(pb, ignore=())
+            import sqlite3
+            va = sqlite3.connect(pa).execute("PRAGMA user_version").fetchone()[0]
+            vb = sqlite3.connect(pb).execute("PRAGMA user_version").fetchone()[0]
+        except Exception as exc:
+            return [("content", f"not readable as SQLite: {exc}", None, None, "")]
+    out = []
+    if va != vb:
+        out.append(("user_version", "", va, vb, ""))
+    for table in sorted(set(ra) | set(rb)):
+        rows_a, rows_b = ra.get(table, []), rb.get(table, [])
+        ka, kb = {_row_key(table, r): r for r in rows_a}, {_row_key(table, r): r for r in rows_b}
+        for key in sorted(set(ka) | set(kb), key=repr):
+            x, y = ka.get(key), kb.get(key)
+            if x == y:
+                continue
+            if x is None or y is None:
+                out.append(("row", f"table {table}, key {key}: {'only in B' if x is None else 'only in A'}", x, y, ""))
+                continue
+            for col in sorted(set(x) | set(y)):
+                if x.get(col) != y.get(col):
+                    out.append(("row", f"table {table}, key {key}, column {col}", x.get(col), y.get(col), ""))
+    if not out:
+        out.append(("content", "same rows, different file bytes (header or page layout)", None, None, ""))
+    return out[:100]
+
+
+def _row_key(table: str, row: dict) -> tuple:
+    for cols in (("name",) if table == "packages" else (), ("package_id", "path"), ("path",),
+                 ("package_id", "name"), ("package_id", "type")):
+        if cols and all(c in row for c in cols):
+            return tuple(row[c] for c in cols)
+    return tuple(sorted(row.items()))
+
+
+def _compare_layer(image: str, where: str, la: Layout, lb: Layout, da: dict, db: dict) -> list[Difference]:
+    out: list[Difference] = []
+    if da["mediaType"] != db["mediaType"]:
+        out.append(Difference(image, where, field="mediaType", a=da["mediaType"], b=db["mediaType"]))
+    ea = layer_entries(la, da["digest"], da["mediaType"])
+    eb = layer_entries(lb, db["digest"], db["mediaType"])
+    for name in sorted(set(ea) - set(eb)):
+        out.append(Difference(image, where, "/" + name, "only in A"))
+    for name in sorted(set(eb) - set(ea)):
+        out.append(Difference(image, where, "/" + name, "only in B"))
+    common = [n for n in ea if n in eb]
+    content: list[str] = []
+    for name in common:
+        x, y = ea[name], eb[name]
+        for f in ("type", "mode", "uid", "gid", "uname", "gname", "mtime", "size", "linkname", "pax"):
+            vx, vy = getattr(x, f), getattr(y, f)
+            if vx != vy:
+                if f == "mode":
+                    vx, vy = f"{vx:04o}", f"{vy:04o}"
+                out.append(Difference(image, where, "/" + name, f, vx, vy))
+        if x.sha256 != y.sha256 and x.type == "file":
+            content.append(name)
+    # order: same names, different sequence
+    order_a = [n for n in sorted(common, key=lambda n: ea[n].index)]
+    order_b = [n for n in sorted(common, key=lambda n: eb[n].index)]
+    if order_a != order_b:
+        first = next(i for i, (p, q) in enumerate(zip(order_a, order_b)) if p != q)
+        out.append(Difference(image, where, "/" + order_a[first], "order",
+                              f"entry {first} is {order_a[first]}", f"entry {first} is {order_b[first]}"))
+    if content:
+        ca = read_entries(la, da["digest"], da["mediaType"], set(content))
+        cb = read_entries(lb, db["digest"], db["mediaType"], set(content))
+        for name in content:
+            if name not in ca or name not in cb:
+                out.append(Difference(image, where, "/" + name, "content", ea[name].sha256[:16], eb[name].sha256[:16]))
+                continue
+            for f, detail, va, vb, _ in _content_detail(name, ca[name], cb[name]):
+                out.append(Difference(image, where, "/" + name, f, va, vb, detail))
+    if not out:
+        # the tars are the same entry by entry: the difference is in the bytes around them
+        with la.open_blob(da["digest"]) as fa, lb.open_blob(db["digest"]) as fb:
+            ha, hb = fa.read(10), fb.read(10)
+        if ha != hb:
+            out.append(Difference(image, where, field="compressed header", a=ha.hex(), b=hb.hex()))
+        else:
+            out.append(Difference(image, where, field="compression",
+                                  a=f"{da['digest'][:19]} ({da['size']} bytes)",
+                                  b=f"{db['digest'][:19]} ({db['size']} bytes)",
+                                  detail="same tar entries and headers; compressed bytes differ "
+                                         "(compressor level or version, or tar padding)"))
+    return out
+
+
+def _json_diff(image: str, where: str, a, b, prefix: str = "") -> list[Difference]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _json_diff(image, where, a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += _json_diff(image, where, x, y, f"{prefix}[{i}]")
+        return out
+    return [] if a == b else [Difference(image, where, field=prefix, a=a, b=b)]
+
+
+def _platform(desc: dict) -> str:
+    p = desc.get("platform") or {}
+    return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or "?"
+
+
+def _compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db: str) -> list[Difference]:
+    ma, mb = la.read_json(da), lb.read_json(db)
+    out: list[Difference] = []
+    out += _json_diff(image, f"manifest [{plat}]", ma.get("annotations"), mb.get("annotations"), "annotations")
+    if ma["config"]["digest"] != mb["config"]["digest"]:
+        ca, cb = la.read_json(ma["config"]["digest"]), lb.read_json(mb["config"]["digest"])
+        out += _json_diff(image, f"config [{plat}]", ca, cb)
+    if len(ma["layers"]) != len(mb["layers"]):
+        out.append(Difference(image, f"manifest [{plat}]", field="layers", a=len(ma["layers"]), b=len(mb["layers"])))
+    n = min(len(ma["layers"]), len(mb["layers"]))
+    for i in range(n):
+        x, y = ma["layers"][i], mb["layers"][i]
+        if x["digest"] != y["digest"]:
+            out += _compare_layer(image, f"layer {i + 1}/{len(ma['layers'])} [{plat}]", la, lb, x, y)
+    return out
+
+
+def diff_sources(a: Source, b: Source) -> list[Difference]:
+    ra, rb = a.refs(), b.refs()
+    if a.ref and b.ref:
+        ra, rb = {"": ra[a.ref]}, {"": rb[b.ref]}
+    out: list[Difference] = []
+    for name in sorted(set(ra) - set(rb)):
+        out.append(Difference(name, "ref", field="only in A", a=ra[name].digest))
+    for name in sorted(set(rb) - set(ra)):
+        out.append(Difference(name, "ref", field="only in B", b=rb[name].digest))
+    seen: set[tuple[str, str]] = set()
+    for name in sorted(set(ra) & set(rb)):
+        x, y = ra[name], rb[name]
+        if x.digest == y.digest or (x.digest, y.digest) in seen:
+            continue
+        seen.add((x.digest, y.digest))
+        image = name or a.label
+        if x.media_type == INDEX_MT and y.media_type == INDEX_MT:
+            ia, ib = a.layout.read_json(x.digest), b.layout.read_json(y.digest)
+            out += _json_diff(image, "index", ia.get("annotations"), ib.get("annotations"), "annotations")
+            pa = {_platform(m): m for m in ia["manifests"]}
+            pb = {_platform(m): m for m in ib["manifests"]}
+            for p in sorted(set(pa) ^ set(pb)):
+                out.append(Difference(image, "index", field=f"platform {p}", a=p in pa, b=p in pb))
+            for p in sorted(set(pa) & set(pb)):
+                if pa[p]["digest"] != pb[p]["digest"] and (pa[p]["digest"], pb[p]["digest"]) not in seen:
+                    seen.add((pa[p]["digest"], pb[p]["digest"]))
+                    out += _compare_manifest(image, p, a.layout, b.layout, pa[p]["digest"], pb[p]["digest"])
+        elif x.media_type != INDEX_MT and y.media_type != INDEX_MT:
+            out += _compare_manifest(image, _platform({"platform": dict(x.platform or ())}) if x.platform else "-",
+                                     a.layout, b.layout, x.digest, y.digest)
+        else:
+            out.append(Difference(image, "ref", field="mediaType", a=x.media_type, b=y.media_type))
+    return out
+
+
+def diff(spec_a: str, spec_b: str, insecure: bool = False) -> list[Difference]:
+    a = open_source(spec_a, insecure)
+    try:
+        b = open_source(spec_b, insecure)
+        try:
+            return diff_sources(a, b)
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+def to_json(diffs: list[Difference]) -> str:
+    return json.dumps({"identical": not diffs, "differences": [
+        {k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else repr(v))
+         for k, v in asdict(d).items()} for d in diffs]}, indent=2, default=repr)
+
