@@ -294,3 +294,39 @@ def cmd_verify(args) -> int:
 def _layout_refs(path: Path) -> dict:
     from builder.oci.layout import Layout
     return Layout(path).refs()
+
+
+def _nightly_args(p) -> None:
+    p.add_argument("releases", nargs="*", metavar="RELEASE", help="release lines (default: every file in releases/)")
+    p.add_argument("--to", default=os.environ.get("FREEBSD_IMAGES_REGISTRY"),
+                   help="publish to HOST/NAMESPACE (default $FREEBSD_IMAGES_REGISTRY; none: build and verify only)")
+    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
+                   help="plain HTTP registry (default $FREEBSD_IMAGES_REGISTRY_INSECURE)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("FREEBSD_IMAGES_OUT", "build/nightly")))
+    p.add_argument("--state-dir", type=Path, default=None, help="where the last published locks live (default OUT/state)")
+    p.add_argument("--report-dir", type=Path, default=None, help="report.md and report.json (default OUT/report)")
+    p.add_argument("--no-verify", action="store_true", help="skip the second, perturbed build")
+    add_release_options(p, release_positional=False)
+    p.set_defaults(keys=Path(os.environ["FREEBSD_IMAGES_KEYS"]) if os.environ.get("FREEBSD_IMAGES_KEYS") else None)
+
+
+@command("nightly", "release engineering's nightly: outdated, lock, build, verify, publish what changed, report")
+@arguments(_nightly_args)
+def cmd_nightly(args) -> int:
+    from builder.nightly import NightlyOptions, run
+    from builder.project import load_project
+    project = load_project(args.project)
+    releases = args.releases or list(project.releases)
+    opts = NightlyOptions(to=args.to, insecure=args.insecure, out=args.out,
+                          state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
+                          verify=not args.no_verify)
+    report = run(args, releases, opts)
+    for r in report["releases"]:
+        acts = {}
+        for img in r["images"]:
+            acts[img["action"]] = acts.get(img["action"], 0) + 1
+        print(f"{r['release']}: reproducible={r['reproducible']} "
+              + ", ".join(f"{n} {a}" for a, n in sorted(acts.items()))
+              + f"; {len(r['changed_since_last_publish'])} package changes")
+    print(f"report: {opts.report_dir / 'report.md'}")
+    return 1 if any(r["reproducible"] is False for r in report["releases"]) else 0

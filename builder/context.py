@@ -31,6 +31,8 @@ class Context:
     transport: Transport
     cache: Cache
     lock_path: Path
+    mirror: Optional[str] = None
+    keys: Optional[Path] = None
 
     @classmethod
     def from_args(cls, args, release_name: Optional[str] = None) -> "Context":
@@ -43,7 +45,7 @@ class Context:
         arches = [rel.arch(a).name for a in args.arch] if args.arch else [a.name for a in rel.arches]
         lock_dir = getattr(args, "lock_dir", None) or (project.root / "releases")
         lock = args.lock or (lock_dir / f"{rel.name}.lock.json")
-        return cls(project, rel, arches, Transport(), Cache(args.cache_dir), lock)
+        return cls(project, rel, arches, Transport(), Cache(args.cache_dir), lock, mirror, keys)
 
 
 def epoch_override() -> Optional[int]:

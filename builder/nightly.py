@@ -1,0 +1,147 @@
+"""The nightly release-engineering job, per release line:
+
+freshness (outdated) -> lock -> build every flavour and arch -> verify ->
+publish only images whose index digest differs from the registry's -> report
+(Markdown and JSON: images, digests, sizes, packages changed since the last
+publish, reproducibility). The lock last published is kept in the state
+directory so "changed since the last publish" survives between runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from builder.atomic import atomic_write_bytes
+from builder.context import Context
+from builder.images import build_release, human_size
+from builder.lock import Lock, fetch_catalogues, load_lock, make_lock, outdated, write_lock
+from builder.oci.layout import Layout
+from builder.oci.registry import Registry, publish, targets_in_layout
+
+
+@dataclass(frozen=True)
+class NightlyOptions:
+    to: Optional[str]                 # HOST/NAMESPACE, None: build and verify only
+    insecure: bool
+    out: Path
+    state_dir: Path
+    report_dir: Path
+    verify: bool = True
+
+
+def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
+    out: dict[tuple, list[str]] = {}
+    for arch, al in sorted(new.arches.items()):
+        before = old.arches[arch].packages if old and arch in old.arches else {}
+        for name, p in sorted(al.packages.items()):
+            q = before.get(name)
+            if q is None or (q.version, q.sum) != (p.version, p.sum):
+                out.setdefault((name, q.version if q else None, p.version), []).append(arch)
+        for name in sorted(set(before) - set(al.packages)):
+            out.setdefault((name, before[name].version, None), []).append(arch)
+    return [{"package": n, "old": o, "new": v, "arches": a} for (n, o, v), a in out.items()]
+
+
+def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
+    rel = ctx.release.name
+    cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
+    previous = load_lock(ctx.lock_path)
+    fresh = [u.__dict__ | {"arches": list(u.arches)} for u in outdated(previous, cats)] if previous else []
+    lock = make_lock(ctx.release, ctx.project.family, cats, warn=lambda m: log(f"warning: {m}"))
+    write_lock(ctx.lock_path, lock)
+    published_lock_path = opts.state_dir / f"{rel}.published.lock.json"
+    published = load_lock(published_lock_path)
+    changes = changed_packages(published, lock)
+    log(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
+
+    rb = build_release(ctx, lock, opts.out, log=log)
+    reproducible = None
+    differences: list[str] = []
+    if opts.verify:
+        from builder.verify import verify
+        argv = ["--release", rel, "--all", "--lock", str(ctx.lock_path.resolve())]
+        for a in ctx.arches:
+            argv += ["--arch", a]
+        if ctx.mirror:
+            argv += ["--mirror", ctx.mirror]
+        if ctx.keys:
+            argv += ["--keys", str(ctx.keys)]
+        res = verify(argv, rel, opts.out / f".verify-{rel}", ctx.project.root)
+        shutil.rmtree(opts.out / f".verify-{rel}", ignore_errors=True)
+        reproducible = not res.differences
+        differences = [d.human() for d in res.differences[:50]]
+        # the published build must be one that reproduces
+        if res.differences:
+            log(f"{rel}: NOT reproducible; publishing nothing")
+
+    layout = Layout(rb.layout)
+    images = []
+    pushed_any = False
+    registry = None
+    host = ns = None
+    if opts.to and reproducible is not False:
+        from builder.oci.registry import parse_destination
+        host, ns = parse_destination(opts.to)
+        registry = Registry(host, insecure=opts.insecure)
+    for t in targets_in_layout(layout):
+        repo = f"{ns}/{t.name}" if ns else t.name
+        current = registry.manifest_digest(repo, t.tags[0]) if registry else None
+        action = "not published"
+        if registry:
+            if current == t.index_digest and all(registry.manifest_digest(repo, tag) == t.index_digest for tag in t.tags):
+                action = "unchanged"
+            else:
+                publish(layout, registry, ns, [t], log=lambda m: None)
+                action = "published"
+                pushed_any = True
+        built = [i for i in rb.images if i.name == t.name]
+        images.append({"image": t.name, "tags": list(t.tags), "index": t.index_digest, "action": action,
+                       "previous": current,
+                       "platforms": [{"arch": i.arch, "platform": i.platform, "digest": i.manifest.digest,
+                                      "layers": len(i.layers), "size": i.size} for i in built]})
+    if registry:
+        write_lock(published_lock_path, lock)
+    stats = registry.stats if registry else None
+    return {"release": rel, "source_date_epoch": rb.epoch, "layout": str(rb.layout), "outdated": fresh,
+            "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
+            "images": images, "published": pushed_any,
+            "push": {"uploaded": stats.uploaded, "uploaded_bytes": stats.uploaded_bytes, "mounted": stats.mounted,
+                     "skipped": stats.skipped, "manifests": stats.manifests} if stats else None}
+
+
+def markdown(report: dict) -> str:
+    lines = ["# FreeBSD container images: nightly report", ""]
+    for r in report["releases"]:
+        rep = {True: "reproducible", False: "**NOT reproducible**", None: "not verified"}[r["reproducible"]]
+        lines += [f"## {r['release']}", "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']}; {rep}.", ""]
+        if r["changed_since_last_publish"]:
+            lines += ["Packages changed since the last publish:", ""]
+            lines += [f"- {c['package']} {c['old'] or '(new)'} \u2192 {c['new'] or '(removed)'} ({', '.join(c['arches'])})"
+                      for c in r["changed_since_last_publish"]]
+            lines.append("")
+        lines += ["| image | tags | arch | layers | size | digest | action |", "|---|---|---|---|---|---|---|"]
+        for img in r["images"]:
+            for p in img["platforms"]:
+                lines.append(f"| {img['image']} | {', '.join(img['tags'])} | {p['platform']} | {p['layers']} | "
+                             f"{human_size(p['size'])} | `{p['digest']}` | {img['action']} |")
+        lines.append("")
+        if r["differences"]:
+            lines += ["Differences between the two verification builds:", "", "```"] + r["differences"] + ["```", ""]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, releases: list[str], opts: NightlyOptions) -> dict:
+    log = lambda m: print(m, file=sys.stderr)
+    report = {"releases": []}
+    for rel in releases:
+        ctx = Context.from_args(args, rel)
+        report["releases"].append(run_release(ctx, opts, log))
+    opts.report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(opts.report_dir / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(opts.report_dir / "report.md", markdown(report).encode())
+    return report
