@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -87,7 +88,9 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     if opts.to and reproducible is not False:
         from builder.oci.registry import parse_destination
         host, ns = parse_destination(opts.to)
-        registry = Registry(host, insecure=opts.insecure)
+        user = os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")
+        auth = (user, os.environ.get("FREEBSD_IMAGES_REGISTRY_PASSWORD", "")) if user else None
+        registry = Registry(host, insecure=opts.insecure, auth=auth)
     for t in targets_in_layout(layout):
         repo = f"{ns}/{t.name}" if ns else t.name
         current = registry.manifest_digest(repo, t.tags[0]) if registry else None

@@ -1,0 +1,62 @@
+"""ci/nightly.sh end to end, offline: generated mirror, a real local registry, the report;
+an unchanged second night publishes nothing; a bumped package republishes only what it touches."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from builder.config.release import load_release
+from builder.gen.repo import GenOptions, generate
+from tests.buildutil import demo_project
+from tests.conftest import ROOT
+from tests.test_oci import missing, registry  # noqa: F401  (the registry fixture)
+
+RELEASE = "14.2"
+
+
+def night(project, out, env):
+    r = subprocess.run([str(ROOT / "ci" / "nightly.sh"), RELEASE], env=dict(env, FREEBSD_IMAGES_PROJECT=str(project)), capture_output=True, text=True, cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out / "report" / "report.json").read_text())["releases"][0], (out / "report" / "report.md").read_text()
+
+
+@pytest.mark.skipif(bool(missing), reason=f"not installed: {missing}")
+def test_nightly_end_to_end(tmp_path, registry):  # noqa: F811
+    mirror = tmp_path / "mirror"
+    rel = load_release(ROOT / "releases" / f"{RELEASE}.yaml", ROOT)
+    generate(rel, mirror, opts=GenOptions())
+    project = demo_project(tmp_path)
+    out = tmp_path / "nightly"
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               FREEBSD_IMAGES_REGISTRY=f"{registry.host}/nightly", FREEBSD_IMAGES_REGISTRY_INSECURE="1",
+               FREEBSD_IMAGES_MIRROR=f"file://{mirror}", FREEBSD_IMAGES_KEYS=str(mirror / "keys"),
+               FREEBSD_IMAGES_OUT=str(out))
+    env.pop("SOURCE_DATE_EPOCH", None)
+
+    first, md = night(project, out, env)
+    assert first["reproducible"] is True
+    assert {i["action"] for i in first["images"]} == {"published"}
+    assert len(first["images"]) == 4 and all(len(i["platforms"]) == 2 for i in first["images"])
+    assert "| freebsd14.2-small |" in md and "reproducible" in md
+    digests1 = {i["image"]: i["index"] for i in first["images"]}
+
+    second, _ = night(project, out, env)
+    assert {i["action"] for i in second["images"]} == {"unchanged"}
+    assert second["changed_since_last_publish"] == [] and second["published"] is False
+    assert {i["image"]: i["index"] for i in second["images"]} == digests1
+
+    # one package moves in the mirror
+    generate(rel, mirror, opts=GenOptions(bumps=(("FreeBSD-utilities", "14.2p2"),)))
+    third, md3 = night(project, out, env)
+    changes = third["changed_since_last_publish"]
+    assert [(c["package"], c["old"], c["new"]) for c in changes] == [("FreeBSD-utilities", "14.2p1", "14.2p2")]
+    assert sorted(changes[0]["arches"]) == ["aarch64", "amd64"]
+    assert [u["name"] for u in third["outdated"]] == ["FreeBSD-utilities"]
+    actions = {i["image"]: i["action"] for i in third["images"]}
+    assert actions == {f"freebsd{RELEASE}-small": "published", f"freebsd{RELEASE}-static": "unchanged",
+                       f"freebsd{RELEASE}-base": "unchanged", f"freebsd{RELEASE}-minimal": "unchanged"}
+    digests3 = {i["image"]: i["index"] for i in third["images"]}
+    assert {k for k in digests1 if digests1[k] != digests3[k]} == {f"freebsd{RELEASE}-small"}
+    assert "FreeBSD-utilities 14.2p1 \u2192 14.2p2" in md3
