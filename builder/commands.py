@@ -330,3 +330,34 @@ def cmd_nightly(args) -> int:
               + f"; {len(r['changed_since_last_publish'])} package changes")
     print(f"report: {opts.report_dir / 'report.md'}")
     return 1 if any(r["reproducible"] is False for r in report["releases"]) else 0
+
+
+@command("ci", "CI helpers: `ci render` writes the GitHub Actions nightly workflow (ci/github-nightly.yml)")
+@arguments(lambda p: (p.add_argument("action", choices=["render"]),
+                      p.add_argument("--out", type=Path, default=None, help="default <project>/ci/github-nightly.yml"),
+                      p.add_argument("--check", action="store_true", help="exit 1 if the file on disk is stale")))
+def cmd_ci(args) -> int:
+    from builder.ci import render_workflow
+    from builder.project import load_project
+    project = load_project(args.project)
+    path = args.out or project.root / "ci" / "github-nightly.yml"
+    text = render_workflow(project)
+    if args.check:
+        current = path.read_text() if path.exists() else None
+        if current != text:
+            print(f"{path} is stale: run `freebsd-images ci render`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    atomic_write_bytes(path, text.encode())
+    print(f"wrote {path}")
+    return 0
+
+
+@command("assemble", "merge per-arch layouts (e.g. CI artifacts) into one layout with multi-arch indexes")
+@arguments(lambda p: (p.add_argument("dest", type=Path), p.add_argument("layouts", type=Path, nargs="+")))
+def cmd_assemble(args) -> int:
+    from builder.oci.assemble import assemble
+    refs = assemble(args.dest, args.layouts)
+    print(f"{args.dest}: {len(refs)} refs from {len(args.layouts)} layouts")
+    return 0
