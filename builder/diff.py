@@ -364,8 +364,10 @@ def _compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db
 
 def diff_sources(a: Source, b: Source) -> list[Difference]:
     ra, rb = a.refs(), b.refs()
-    if a.ref and b.ref:
-        ra, rb = {"": ra[a.ref]}, {"": rb[b.ref]}
+    if len(ra) == 1 and len(rb) == 1:
+        # one image each (DIR:REF, an archive, a docker:// ref): compare them whatever their names
+        name = next(iter(ra))
+        ra, rb = {name: ra[name]}, {name: next(iter(rb.values()))}
     out: list[Difference] = []
     for name in sorted(set(ra) - set(rb)):
         out.append(Difference(name, "ref", field="only in A", a=ra[name].digest))
