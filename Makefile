@@ -10,14 +10,16 @@ RELEASE     ?= 14.2
 ARCH        ?=
 OUT         ?= build/out
 DEMO_MIRROR ?= build/mirror
-MIRROR      ?= $(if $(wildcard $(DEMO_MIRROR)/keys),file://$(abspath $(DEMO_MIRROR)),)
-KEYS        ?= $(if $(wildcard $(DEMO_MIRROR)/keys),$(abspath $(DEMO_MIRROR))/keys,)
+# MIRROR empty: the offline demo mirror (generated on demand for the image's release);
+# MIRROR=release: the URLs in releases/*.yaml; anything else: that mirror root (KEYS to trust it).
+MIRROR      ?=
+KEYS        ?=
 SOURCE_DATE_EPOCH ?= 1731456000
 export SOURCE_DATE_EPOCH
 
 # Locks made against the generated demo mirror live under build/, not releases/.
-MIRROR_ARGS = $(if $(MIRROR),--mirror $(MIRROR),) $(if $(KEYS),--keys $(KEYS),) $(if $(filter file://$(abspath $(DEMO_MIRROR)),$(MIRROR)),--lock-dir build/locks,)
 DEMO_ARGS   = --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys --lock-dir build/locks
+MIRROR_ARGS = $(if $(MIRROR),$(if $(filter release,$(MIRROR)),,--mirror $(MIRROR) $(if $(KEYS),--keys $(KEYS),)),$(DEMO_ARGS))
 ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
 
 .PHONY: help demo test check plan bench verify clean mirror
@@ -26,8 +28,11 @@ help:  ## this list
 	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
 	@echo "freebsdR-FLAVOUR      build one image, e.g. make freebsd14-minimal ARCH=arm64"
 
-$(DEMO_MIRROR)/keys/repo.pub:
-	$(FI) generate $(RELEASE) --out $(DEMO_MIRROR)
+$(DEMO_MIRROR)/.release-%:
+	$(FI) generate $* --out $(DEMO_MIRROR)
+	@touch $@
+
+$(DEMO_MIRROR)/keys/repo.pub: $(DEMO_MIRROR)/.release-$(RELEASE)
 
 mirror: $(DEMO_MIRROR)/keys/repo.pub  ## generate the offline demo mirror (if absent)
 
@@ -50,6 +55,8 @@ verify: mirror  ## build the demo family twice under perturbation and diff
 	$(FI) verify --release $(RELEASE) --all $(DEMO_ARGS)
 
 freebsd%:  ## build one image, e.g. make freebsd14-minimal ARCH=arm64
+	@rel=$$(echo $@ | sed -E 's/^freebsd([0-9.]+)-.*/\1/'); \
+	if [ -z "$(MIRROR)" ] && [ ! -f $(DEMO_MIRROR)/.release-$$rel ]; then $(MAKE) --no-print-directory $(DEMO_MIRROR)/.release-$$rel; fi
 	$(FI) build $@ $(ARCH_ARGS) --out $(OUT) $(MIRROR_ARGS)
 
 clean:  ## remove build outputs (not the download cache)
