@@ -203,8 +203,8 @@ def read_entries(layout: Layout, digest: str, media_type: str, names: set[str]) 
     return out
 
 
-def _content_detail(path: str, a: bytes, b: bytes) -> list[tuple[str, str, object, object, str]]:
-    """(field, detail, a, b, extra) for a file whose bytes differ."""
+def _content_detail(path: str, a: bytes, b: bytes) -> list[tuple[str, str, object, object]]:
+    """(field, detail, a, b) for a file whose bytes differ."""
     name = path.rsplit("/", 1)[-1]
     if path.endswith(PKGDB) or name.endswith(".sqlite"):
         return _sqlite_diff(a, b)
@@ -217,18 +217,18 @@ def _content_detail(path: str, a: bytes, b: bytes) -> list[tuple[str, str, objec
             out = []
             for k in sorted(set(ra) | set(rb)):
                 if ra.get(k) != rb.get(k):
-                    out.append(("record", f"key {k!r}", ra.get(k), rb.get(k), ""))
+                    out.append(("record", f"key {k!r}", ra.get(k), rb.get(k)))
             if not out:
-                out.append(("content", "same records, different page layout", None, None, ""))
+                out.append(("content", "same records, different page layout", None, None))
             return out[:50]
     try:
         ta, tb = a.decode("utf-8"), b.decode("utf-8")
     except UnicodeDecodeError:
-        return [("content", "", hashlib.sha256(a).hexdigest()[:16], hashlib.sha256(b).hexdigest()[:16], "")]
+        return [("content", "", hashlib.sha256(a).hexdigest()[:16], hashlib.sha256(b).hexdigest()[:16])]
     lines = list(difflib.unified_diff(ta.splitlines(), tb.splitlines(), "a" + path, "b" + path, lineterm="", n=1))
     more = len(lines) - TEXT_DIFF_LINES
     text = "\n".join(lines[:TEXT_DIFF_LINES]) + (f"\n... {more} more lines" if more > 0 else "")
-    return [("content", text, None, None, "")]
+    return [("content", text, None, None)]
 
 
 def _sqlite_diff(a: bytes, b: bytes) -> list:
@@ -243,10 +243,10 @@ def _sqlite_diff(a: bytes, b: bytes) -> list:
             va = sqlite3.connect(pa).execute("PRAGMA user_version").fetchone()[0]
             vb = sqlite3.connect(pb).execute("PRAGMA user_version").fetchone()[0]
         except Exception as exc:
-            return [("content", f"not readable as SQLite: {exc}", None, None, "")]
+            return [("content", f"not readable as SQLite: {exc}", None, None)]
     out = []
     if va != vb:
-        out.append(("user_version", "", va, vb, ""))
+        out.append(("user_version", "", va, vb))
     for table in sorted(set(ra) | set(rb)):
         rows_a, rows_b = ra.get(table, []), rb.get(table, [])
         ka, kb = {_row_key(table, r): r for r in rows_a}, {_row_key(table, r): r for r in rows_b}
@@ -255,13 +255,13 @@ def _sqlite_diff(a: bytes, b: bytes) -> list:
             if x == y:
                 continue
             if x is None or y is None:
-                out.append(("row", f"table {table}, key {key}: {'only in B' if x is None else 'only in A'}", x, y, ""))
+                out.append(("row", f"table {table}, key {key}: {'only in B' if x is None else 'only in A'}", x, y))
                 continue
             for col in sorted(set(x) | set(y)):
                 if x.get(col) != y.get(col):
-                    out.append(("row", f"table {table}, key {key}, column {col}", x.get(col), y.get(col), ""))
+                    out.append(("row", f"table {table}, key {key}, column {col}", x.get(col), y.get(col)))
     if not out:
-        out.append(("content", "same rows, different file bytes (header or page layout)", None, None, ""))
+        out.append(("content", "same rows, different file bytes (header or page layout)", None, None))
     return out[:100]
 
 
@@ -309,7 +309,7 @@ def _compare_layer(image: str, where: str, la: Layout, lb: Layout, da: dict, db:
             if name not in ca or name not in cb:
                 out.append(Difference(image, where, "/" + name, "content", ea[name].sha256[:16], eb[name].sha256[:16]))
                 continue
-            for f, detail, va, vb, _ in _content_detail(name, ca[name], cb[name]):
+            for f, detail, va, vb in _content_detail(name, ca[name], cb[name]):
                 out.append(Difference(image, where, "/" + name, f, va, vb, detail))
     if not out:
         # the tars are the same entry by entry: the difference is in the bytes around them

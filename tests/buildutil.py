@@ -23,7 +23,7 @@ kind: release
 arches:
   amd64: {{platform: amd64}}
 repositories:
-  base: {{name: FreeBSD-base, url: "file://{repo}/${{ABI}}/base_release_2", signature-type: fingerprints, fingerprints: {keys}, priority: 10}}
+  base: {{name: FreeBSD-base, url: "file://{repo}/${{ABI}}/{base}", signature-type: fingerprints, fingerprints: {keys}, priority: 10}}
   ports: {{name: FreeBSD, url: "file://{repo}/${{ABI}}/latest", signature-type: pubkey, pubkey: {keys}/repo.pub}}
 image:
   name: "freebsd{{{{ release }}}}-{{{{ flavour }}}}"
@@ -39,12 +39,16 @@ flavours:
 """
 
 
+def fixture_release_yaml(base: str = "base_release_2") -> str:
+    return FIXTURE_RELEASE.format(repo=PKGREPO, keys=KEYS, base=base)
+
+
 def reference_project(tmp_path: Path) -> Path:
     """A project whose one release reads the fixture repository made by FreeBSD's pkg."""
     proj = tmp_path / "refproject"
     (proj / "releases").mkdir(parents=True)
     (proj / "families.yaml").write_text(REFERENCE_FAMILY)
-    (proj / "releases" / "14.2.yaml").write_text(FIXTURE_RELEASE.format(repo=PKGREPO, keys=KEYS))
+    (proj / "releases" / "14.2.yaml").write_text(fixture_release_yaml())
     return proj
 
 

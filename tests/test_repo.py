@@ -21,6 +21,7 @@ from builder.repo.client import fetch_catalogue, fetch_package
 from builder.repo.transport import Transport
 from builder.resolve import resolve
 from tests.conftest import PKGREPO, ROOT
+from tests.buildutil import fixture_release_yaml
 from tests.httpfaults import FaultServer
 
 KEYS = PKGREPO / "keys"
@@ -164,20 +165,7 @@ def write_fixture_release(project: Path, base: str = "base_release_2"):
     (project / "releases").mkdir(exist_ok=True)
     for p in (project / "releases").glob("*.yaml"):
         p.unlink()
-    (project / "releases/14.2.yaml").write_text(f"""
-release: "14.2"
-branch: releng/14.2
-major: 14
-kind: release
-arches:
-  amd64: {{platform: amd64}}
-repositories:
-  base: {{name: FreeBSD-base, url: "file://{PKGREPO}/${{ABI}}/{base}", signature-type: fingerprints, fingerprints: {KEYS}, priority: 10}}
-  ports: {{name: FreeBSD, url: "file://{PKGREPO}/${{ABI}}/latest", signature-type: pubkey, pubkey: {KEYS}/repo.pub}}
-image:
-  name: "freebsd{{{{ release }}}}-{{{{ flavour }}}}"
-  tags: {{immutable: ["{{{{ version }}}}"]}}
-""")
+    (project / "releases/14.2.yaml").write_text(fixture_release_yaml(base))
 
 
 def test_lock_is_stable_and_outdated_lists_moves(project_copy, capsys):
