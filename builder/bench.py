@@ -7,6 +7,7 @@ rebuild. The build runs in a child process so its peak RSS is its own.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
@@ -28,8 +29,6 @@ def _image_bytes(layout: Layout, ref: str) -> tuple[int, int]:
     man = layout.read_json(layout.refs()[ref].digest)
     cfg = layout.read_json(man["config"]["digest"])
     compressed = sum(l["size"] for l in man["layers"])
-    # uncompressed: gunzip-free estimate is not good enough; read the sizes back
-    import gzip
     raw = 0
     for l in man["layers"]:
         with gzip.open(layout.blob_path(l["digest"])) as fh:

@@ -167,7 +167,7 @@ TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "di
          tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
 
 
-def _decompressed(fh, media_type: str):
+def _decompressed(fh):
     head = fh.read(4)
     fh.seek(0)
     if head[:2] == b"\x1f\x8b":
@@ -177,9 +177,9 @@ def _decompressed(fh, media_type: str):
     return fh
 
 
-def layer_entries(layout: Layout, digest: str, media_type: str) -> dict[str, EntryInfo]:
+def layer_entries(layout: Layout, digest: str) -> dict[str, EntryInfo]:
     out: dict[str, EntryInfo] = {}
-    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw, media_type), mode="r|") as tar:
+    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as tar:
         for i, m in enumerate(tar):
             h = hashlib.sha256()
             if m.isfile():
@@ -192,11 +192,11 @@ def layer_entries(layout: Layout, digest: str, media_type: str) -> dict[str, Ent
     return out
 
 
-def read_entries(layout: Layout, digest: str, media_type: str, names: set[str]) -> dict[str, bytes]:
+def read_entries(layout: Layout, digest: str, names: set[str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     if not names:
         return out
-    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw, media_type), mode="r|") as tar:
+    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as tar:
         for m in tar:
             if m.name in names and m.isfile() and m.size <= CONTENT_LIMIT:
                 out[m.name] = tar.extractfile(m).read()
@@ -277,8 +277,8 @@ def _compare_layer(image: str, where: str, la: Layout, lb: Layout, da: dict, db:
     out: list[Difference] = []
     if da["mediaType"] != db["mediaType"]:
         out.append(Difference(image, where, field="mediaType", a=da["mediaType"], b=db["mediaType"]))
-    ea = layer_entries(la, da["digest"], da["mediaType"])
-    eb = layer_entries(lb, db["digest"], db["mediaType"])
+    ea = layer_entries(la, da["digest"])
+    eb = layer_entries(lb, db["digest"])
     for name in sorted(set(ea) - set(eb)):
         out.append(Difference(image, where, "/" + name, "only in A"))
     for name in sorted(set(eb) - set(ea)):
@@ -303,8 +303,8 @@ def _compare_layer(image: str, where: str, la: Layout, lb: Layout, da: dict, db:
         out.append(Difference(image, where, "/" + order_a[first], "order",
                               f"entry {first} is {order_a[first]}", f"entry {first} is {order_b[first]}"))
     if content:
-        ca = read_entries(la, da["digest"], da["mediaType"], set(content))
-        cb = read_entries(lb, db["digest"], db["mediaType"], set(content))
+        ca = read_entries(la, da["digest"], set(content))
+        cb = read_entries(lb, db["digest"], set(content))
         for name in content:
             if name not in ca or name not in cb:
                 out.append(Difference(image, where, "/" + name, "content", ea[name].sha256[:16], eb[name].sha256[:16]))

@@ -80,7 +80,7 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                             sha256=hashlib.sha256(entry.target.encode()).hexdigest(), target=entry.target,
                             owner=name, source=f"pkg:{name}")
             elif entry.kind == "hardlink":
-                target = check_path(entry.target, what)
+                target = check_path(entry.target, f"{what}: hard link {path}")
                 src = seen.get(target)
                 if src is None or src.kind != "file":
                     raise BuildError(f"{what}: refusing hard link {path} -> {entry.target}: "

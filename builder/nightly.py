@@ -96,7 +96,8 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
         current = registry.manifest_digest(repo, t.tags[0]) if registry else None
         action = "not published"
         if registry:
-            if current == t.index_digest and all(registry.manifest_digest(repo, tag) == t.index_digest for tag in t.tags):
+            if current == t.index_digest and all(registry.manifest_digest(repo, tag) == t.index_digest
+                                                 for tag in t.tags[1:]):
                 action = "unchanged"
             else:
                 publish(layout, registry, ns, [t], log=lambda m: None)
