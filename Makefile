@@ -49,7 +49,7 @@ plan:  ## show every target and its packages
 	$(FI) plan
 
 bench:  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
-	$(PYTHON) -m builder.bench
+	$(PYTHON) -m builder.runs.bench
 
 verify: mirror  ## build the demo family twice under perturbation and diff
 	$(FI) verify --release $(RELEASE) --all $(DEMO_ARGS)

@@ -1,6 +1,8 @@
-"""freebsd-images: the command line.
+"""freebsd-images: the command line. It parses arguments, calls the stages and prints; nothing imports it.
 
-Exit codes: 0 success, 1 "differences/updates found" (diff, outdated), 2 errors.
+Exit codes: 0 success, 1 "differences/updates found" (diff, outdated, verify),
+2 a refusal or error the user can act on, 3 an unexpected failure (a bug:
+one line, the traceback with --debug), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -8,31 +10,45 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
 from builder.errors import BuildError, ConfigError
 
+EXIT_REFUSED = 2
+EXIT_UNEXPECTED = 3
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
 
-def command(name: str, help: str):
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None):
     def register(fn):
-        COMMANDS[name] = (getattr(fn, "configure", lambda p: None), fn, help)
+        COMMANDS[name] = (configure, fn, help)
         return fn
     return register
 
 
-def arguments(configure: Callable[[argparse.ArgumentParser], None]):
-    def wrap(fn):
-        fn.configure = configure
-        return fn
-    return wrap
+class Out:
+    """Where a command's words go: results on stdout, progress on stderr unless -q, details with -v."""
+
+    def __init__(self, verbosity: int):
+        self.verbosity = verbosity
+
+    def log(self, msg: str) -> None:
+        if self.verbosity >= 0:
+            print(msg, file=sys.stderr)
+
+    def detail(self, msg: str) -> None:
+        if self.verbosity > 0:
+            print(msg, file=sys.stderr)
+
+    def warn(self, msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr)
 
 
-def _project(args):
-    from builder.project import load_project
-    return load_project(args.project)
+def _out(args) -> Out:
+    return Out(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -43,8 +59,38 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _project(args):
+    from builder.config.project import load_project
+    return load_project(args.project)
+
+
+# --- shared options ----------------------------------------------------------------------
+
+def add_release_options(p: argparse.ArgumentParser, release_positional: bool = True) -> None:
+    if release_positional:
+        p.add_argument("release", help="release name, e.g. 14.2")
+    p.add_argument("--arch", action="append", help="only this arch, FreeBSD or OCI name (repeatable)")
+    p.add_argument("--mirror", default=None, help="re-root repository URLs on this mirror (or $FREEBSD_IMAGES_MIRROR)")
+    p.add_argument("--keys", type=Path, default=None, help="trust this key directory instead (trusted/, revoked/, repo.pub)")
+    p.add_argument("--lock", type=Path, default=None, help="lock file (default <lock-dir>/<release>.lock.json)")
+    p.add_argument("--lock-dir", type=Path, default=None, help="directory of lock files (default the project's releases/)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $XDG_CACHE_HOME/freebsd-images)")
+
+
+def _where(args):
+    from builder.runs.context import Where
+    return Where(project=args.project, arches=tuple(args.arch or ()), mirror=args.mirror, keys=args.keys,
+                 lock=args.lock, lock_dir=args.lock_dir, cache_dir=args.cache_dir)
+
+
+def _context(args, release: Optional[str] = None):
+    from builder.runs.context import Context
+    return Context.open(_where(args), release or args.release)
+
+
+# --- project ------------------------------------------------------------------------------
+
 @command("check", "validate families.yaml and every release file")
-@arguments(lambda p: None)
 def cmd_check(args) -> int:
     project = _project(args)
     print(f"ok: {len(project.family.flavours)} flavours ({', '.join(project.family.names)}), "
@@ -59,14 +105,12 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-@command("plan", "list the targets (image x release x arch) and their package sets")
-@arguments(_plan_args)
+@command("plan", "list the targets (image x release x arch) and their package sets", _plan_args)
 def cmd_plan(args) -> int:
-    from builder.plan import targets
+    from builder.config.plan import targets
     ts = targets(_project(args), args.release, args.flavour, args.arch)
     if args.json:
-        json.dump({"targets": [t.to_json() for t in ts]}, sys.stdout, indent=2)
-        print()
+        print(json.dumps({"targets": [t.to_json() for t in ts]}, indent=2))
         return 0
     rows = [[t.image, t.release, f"{t.arch} ({t.platform})", t.parent or "-", " ".join(t.own_packages) or "-"]
             for t in ts]
@@ -86,12 +130,10 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zstd-level", type=int, default=3)
 
 
-@command("generate", "write a deterministic offline pkgbase mirror for a release")
-@arguments(_generate_args)
+@command("generate", "write a deterministic offline pkgbase mirror for a release", _generate_args)
 def cmd_generate(args) -> int:
     from builder.gen.repo import GenOptions, generate, tree_size
-    project = _project(args)
-    rel = project.release(args.release)
+    rel = _project(args).release(args.release)
     bumps = []
     for b in args.bump:
         name, sep, ver = b.partition("=")
@@ -108,10 +150,280 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# --- resolve ------------------------------------------------------------------------------
+
+@command("lock", "resolve every flavour and arch of a release and write its lock file", add_release_options)
+def cmd_lock(args) -> int:
+    from builder.resolve.lock import fetch_catalogues, make_lock, write_lock
+    ctx = _context(args)
+    cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
+    lock = make_lock(ctx.release, ctx.project.family, cats, warn=_out(args).warn)
+    changed = write_lock(ctx.lock_path, lock)
+    n = sum(len(a.packages) for a in lock.arches.values())
+    print(f"{'wrote' if changed else 'unchanged'} {ctx.lock_path}: {n} packages over {len(lock.arches)} arches, "
+          f"SOURCE_DATE_EPOCH {lock.source_date_epoch}")
+    return 0
+
+
+@command("outdated", "list locked packages whose version moved in the catalogues (exit 1 if any)",
+         lambda p: (add_release_options(p), p.add_argument("--json", action="store_true")))
+def cmd_outdated(args) -> int:
+    from builder.resolve.lock import fetch_catalogues, load_lock, outdated
+    ctx = _context(args)
+    lock = load_lock(ctx.lock_path)
+    if lock is None:
+        raise BuildError(f"no lock file at {ctx.lock_path}; run `freebsd-images lock {ctx.release.name}` first")
+    ups = outdated(lock, fetch_catalogues(ctx.transport, ctx.release, ctx.arches))
+    if args.json:
+        print(json.dumps([u.to_json() for u in ups], indent=2))
+    else:
+        for u in ups:
+            print(f"{u.name} {u.old} \u2192 {u.new or '(removed)'} ({', '.join(u.arches)})")
+        if not ups:
+            print(f"{ctx.release.name}: up to date")
+    return 1 if ups else 0
+
+
+@command("fetch", "download a release's locked packages into the cache",
+         lambda p: (add_release_options(p), p.add_argument("--update", action="store_true")))
+def cmd_fetch(args) -> int:
+    ctx = _context(args)
+    lock = ctx.ensure_lock(args.update, _out(args).warn)
+    for arch in ctx.arches:
+        paths = ctx.fetch_locked(lock, arch)
+        print(f"{arch}: {len(paths)} packages verified in {ctx.cache.root}")
+    return 0
+
+
+@command("mirror", "copy a release's catalogues and locked packages into a local repository tree",
+         lambda p: (add_release_options(p), p.add_argument("dest", type=Path)))
+def cmd_mirror(args) -> int:
+    from builder.runs.mirror import mirror_release
+    ctx = _context(args)
+    lock = ctx.ensure_lock(warn=_out(args).warn)
+    for abi, n in mirror_release(ctx, lock, args.dest).items():
+        print(f"{abi}: mirrored {n} packages into {args.dest / abi}")
+    return 0
+
+
+# --- build --------------------------------------------------------------------------------
+
+def _build_args(p) -> None:
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image to build, e.g. freebsd14.2-minimal")
+    p.add_argument("--release", help="build this release's family (with --all or --flavour)")
+    p.add_argument("--all", action="store_true", help="every flavour of --release")
+    p.add_argument("--flavour", action="append", help="only this flavour of --release (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("build/out"), help="output root; the layout is OUT/<release>/")
+    p.add_argument("--zstd", action="store_true", help="zstd-compressed layers instead of gzip")
+    p.add_argument("--squash", action="store_true", help="one layer per image instead of one per flavour")
+    p.add_argument("--archives", action="store_true", help="also write release archives and CHECKSUM files")
+    p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
+    p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_release_options(p, release_positional=False)
+
+
+def _selected(args) -> dict[str, list[str]]:
+    from builder.config.plan import select
+    chosen = select(_project(args), args.images, args.release, args.all, args.flavour)
+    if args.lock and len(chosen) > 1:
+        raise BuildError("--lock names one lock file; build one release at a time or use --lock-dir")
+    return chosen
+
+
+@command("build", "build images into an OCI layout (one per release) under --out", _build_args)
+def cmd_build(args) -> int:
+    from builder.oci.archive import write_archives
+    from builder.runs.images import build_release, human_size
+    out = _out(args)
+    rows, doc = [], []
+    for rel, flavours in _selected(args).items():
+        ctx = _context(args, rel)
+        lock = ctx.ensure_lock(args.update, out.warn)
+        rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
+                           log=out.log)
+        if args.archives:
+            for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
+                out.log(f"wrote {path}")
+        for img in rb.images:
+            rows.append([f"{img.name}:{img.tags[0]}", img.platform, str(len(img.layers)), human_size(img.size),
+                         img.manifest.digest])
+            doc.append(img.to_json() | {"layout": str(rb.layout), "index": rb.indexes[img.name].digest})
+        out.log(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch})")
+    if args.json:
+        print(json.dumps({"images": doc}, indent=2))
+    else:
+        print(_table(rows, ["IMAGE", "ARCH", "LAYERS", "SIZE", "DIGEST"]))
+    return 0
+
+
+@command("gc", "remove blobs no ref of an OCI layout reaches",
+         lambda p: (p.add_argument("layout", type=Path), p.add_argument("--dry-run", action="store_true")))
+def cmd_gc(args) -> int:
+    from builder.oci.layout import Layout
+    gone = Layout(args.layout).gc(args.dry_run)
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(gone)} blobs from {args.layout}")
+    return 0
+
+
+# --- publish ------------------------------------------------------------------------------
+
+def _publish_args(p) -> None:
+    p.add_argument("layout", type=Path, help="OCI layout written by build (e.g. build/out/14.2)")
+    p.add_argument("--to", required=True, help="registry and namespace, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd")
+    p.add_argument("--image", action="append", help="only this image name (repeatable)")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (local registries only)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be pushed, push nothing")
+    p.add_argument("--user", default=os.environ.get("FREEBSD_IMAGES_REGISTRY_USER"),
+                   help="user name (default $FREEBSD_IMAGES_REGISTRY_USER)")
+    p.add_argument("--password-env", default="FREEBSD_IMAGES_REGISTRY_PASSWORD",
+                   help="environment variable holding the password or token")
+    p.add_argument("--chunk-size", type=int, default=8 << 20, help="PATCH chunk size for large blobs")
+    p.add_argument("--json", action="store_true", help="print push statistics as JSON")
+
+
+@command("publish", "push a layout's images (blobs, manifests, multi-arch indexes, tags) to a registry", _publish_args)
+def cmd_publish(args) -> int:
+    from builder.oci.layout import Layout
+    from builder.oci.registry import Registry, credentials, parse_destination, publish, targets_in_layout
+    if not (args.layout / "index.json").exists():
+        raise BuildError(f"{args.layout}: not an OCI layout (no index.json)")
+    layout = Layout(args.layout)
+    host, ns = parse_destination(args.to)
+    reg = Registry(host, insecure=args.insecure, auth=credentials(args.user, args.password_env),
+                   chunk_size=args.chunk_size, monolithic_max=args.chunk_size)
+    targets = targets_in_layout(layout, args.image)
+    if not targets:
+        raise BuildError(f"{args.layout}: no image to publish" + (f" named {', '.join(args.image)}" if args.image else ""))
+    stats = publish(layout, reg, ns, targets, args.dry_run, log=_out(args).log)
+    summary = {"images": len(targets), **stats.to_json(), "dry_run": args.dry_run}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{host}/{ns}: {len(targets)} images; blobs uploaded {stats.uploaded} ({stats.uploaded_bytes} bytes), "
+              f"mounted {stats.mounted}, already there {stats.skipped}; manifests pushed {stats.manifests}, "
+              f"unchanged {stats.manifests_skipped}" + (" (dry run)" if args.dry_run else ""))
+    return 0
+
+
+@command("assemble", "merge per-arch layouts (e.g. CI artifacts) into one layout with multi-arch indexes",
+         lambda p: (p.add_argument("dest", type=Path), p.add_argument("layouts", type=Path, nargs="+")))
+def cmd_assemble(args) -> int:
+    from builder.oci.assemble import assemble
+    refs = assemble(args.dest, args.layouts)
+    print(f"{args.dest}: {len(refs)} refs from {len(args.layouts)} layouts")
+    return 0
+
+
+# --- prove --------------------------------------------------------------------------------
+
+@command("diff", "explain every difference between two builds (layouts, release archives or docker:// refs)",
+         lambda p: (p.add_argument("a"), p.add_argument("b"),
+                    p.add_argument("--json", action="store_true", help="machine-readable output"),
+                    p.add_argument("--insecure", action="store_true", help="plain HTTP for docker:// refs")))
+def cmd_diff(args) -> int:
+    from builder.prove.diff import diff, to_json
+    diffs = diff(args.a, args.b, args.insecure)
+    if args.json:
+        print(to_json(diffs))
+    elif diffs:
+        for d in diffs:
+            print(d.human())
+        _out(args).log(f"{len(diffs)} differences")
+    else:
+        print("identical")
+    return 1 if diffs else 0
+
+
+@command("verify", "build twice under perturbation (TZ, umask, locale, hash seed, cache, parallelism) and diff",
+         lambda p: (_build_args(p), p.add_argument("--work", type=Path, help="keep both builds here")))
+def cmd_verify(args) -> int:
+    from builder.oci.layout import Layout
+    from builder.prove.verify import VerifyRequest, verify
+    status = 0
+    for rel, flavours in _selected(args).items():
+        ctx = _context(args, rel)
+        ctx.ensure_lock(args.update, _out(args).warn)
+        req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, tuple(flavours), tuple(args.arch or ()),
+                            ctx.mirror, ctx.keys, args.zstd, args.squash)
+        res = verify(req, args.work and args.work / rel)
+        if res.differences:
+            status = 1
+            print(f"{rel}: NOT reproducible: {len(res.differences)} differences between {res.layouts[0]} and {res.layouts[1]}")
+            for d in res.differences:
+                print(d.human())
+        else:
+            print(f"{rel}: reproducible: {len(Layout(res.layouts[0]).refs())} refs identical across two perturbed builds")
+    return status
+
+
+# --- release-level runs -------------------------------------------------------------------
+
+def _nightly_args(p) -> None:
+    p.add_argument("releases", nargs="*", metavar="RELEASE", help="release lines (default: every file in releases/)")
+    p.add_argument("--to", default=os.environ.get("FREEBSD_IMAGES_REGISTRY"),
+                   help="publish to HOST/NAMESPACE (default $FREEBSD_IMAGES_REGISTRY; none: build and verify only)")
+    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
+                   help="plain HTTP registry (default $FREEBSD_IMAGES_REGISTRY_INSECURE)")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("FREEBSD_IMAGES_OUT", "build/nightly")))
+    p.add_argument("--state-dir", type=Path, default=None, help="where the last published locks live (default OUT/state)")
+    p.add_argument("--report-dir", type=Path, default=None, help="report.md and report.json (default OUT/report)")
+    p.add_argument("--no-verify", action="store_true", help="skip the second, perturbed build")
+    add_release_options(p, release_positional=False)
+    p.set_defaults(keys=Path(os.environ["FREEBSD_IMAGES_KEYS"]) if os.environ.get("FREEBSD_IMAGES_KEYS") else None)
+
+
+@command("nightly", "release engineering's nightly: outdated, lock, build, verify, publish what changed, report",
+         _nightly_args)
+def cmd_nightly(args) -> int:
+    from builder.oci.registry import credentials
+    from builder.runs.nightly import NightlyOptions, run
+    releases = args.releases or list(_project(args).releases)
+    opts = NightlyOptions(to=args.to, insecure=args.insecure, out=args.out,
+                          state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
+                          verify=not args.no_verify, auth=credentials(os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")))
+    report = run([_context(args, r) for r in releases], opts, _out(args).log)
+    for r in report["releases"]:
+        acts: dict[str, int] = {}
+        for img in r["images"]:
+            acts[img["action"]] = acts.get(img["action"], 0) + 1
+        print(f"{r['release']}: reproducible={r['reproducible']} "
+              + ", ".join(f"{n} {a}" for a, n in sorted(acts.items()))
+              + f"; {len(r['changed_since_last_publish'])} package changes")
+    print(f"report: {opts.report_dir / 'report.md'}")
+    return 1 if any(r["reproducible"] is False for r in report["releases"]) else 0
+
+
+@command("ci", "CI helpers: `ci render` writes the GitHub Actions nightly workflow (ci/github-nightly.yml)",
+         lambda p: (p.add_argument("action", choices=["render"]),
+                    p.add_argument("--out", type=Path, default=None, help="default <project>/ci/github-nightly.yml"),
+                    p.add_argument("--check", action="store_true", help="exit 1 if the file on disk is stale")))
+def cmd_ci(args) -> int:
+    from builder.common.atomic import atomic_write_bytes
+    from builder.runs.ci import is_current, render_workflow, workflow_path
+    project = _project(args)
+    path = args.out or workflow_path(project)
+    text = render_workflow(project)
+    if args.check:
+        if not is_current(path, text):
+            print(f"{path} is stale: run `freebsd-images ci render`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    atomic_write_bytes(path, text.encode())
+    print(f"wrote {path}")
+    return 0
+
+
+# --- entry --------------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freebsd-images", description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, default=None,
                         help="project directory holding families.yaml and releases/ (default: $FREEBSD_IMAGES_PROJECT or .)")
+    parser.add_argument("--debug", action="store_true", help="on failure, print the whole chain of causes")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="print only results and errors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="print more about what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (configure, fn, help_) in COMMANDS.items():
@@ -121,20 +433,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _causes(exc: BaseException) -> list[str]:
+    out, seen = [], set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        out.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    # Import command modules that register themselves.
-    from builder import commands  # noqa: F401
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:
         for d in exc.diagnostics:
             print(f"error: {d}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if args.debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        elif args.verbose:
+            for c in _causes(exc):
+                print(f"  caused by {c}", file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a result: never exit 1, which means "differences found"
+        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        if args.debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return EXIT_UNEXPECTED

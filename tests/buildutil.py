@@ -1,14 +1,12 @@
 """Helpers shared by the build tests: a project on the fixture repository, tool runners."""
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 from pathlib import Path
 
-from builder.build import BuildOptions, build_arch
-from builder.commands import ensure_lock, fetch_locked
-from builder.context import Context
+from builder.layers.build import BuildOptions, build_arch
+from builder.runs.context import Context, Where
 from builder.oci.layout import Layout
 from tests.conftest import PKGREPO, ROOT
 
@@ -53,20 +51,19 @@ def reference_project(tmp_path: Path) -> Path:
 
 
 def context(project: Path, release: str = "14.2", cache: Path | None = None, **kw) -> Context:
-    args = argparse.Namespace(project=project, release=release, arch=kw.get("arch"), mirror=kw.get("mirror"),
-                              keys=kw.get("keys"), lock=kw.get("lock"), lock_dir=kw.get("lock_dir"),
-                              cache_dir=cache)
-    return Context.from_args(args)
+    where = Where(project=project, arches=tuple(kw.get("arch") or ()), mirror=kw.get("mirror"), keys=kw.get("keys"),
+                  lock=kw.get("lock"), lock_dir=kw.get("lock_dir"), cache_dir=cache)
+    return Context.open(where, release)
 
 
 def build_one_arch(ctx: Context, arch: str, out: Path, epoch: int = 1731456000, **opts):
-    lock = ensure_lock(ctx)
+    lock = ctx.ensure_lock()
     layout = Layout(out).init()
 
     def sink(write):
         return layout.put_stream(write)[0]
 
-    paths = fetch_locked(ctx, lock, arch)
+    paths = ctx.fetch_locked(lock, arch)
     results = build_arch(ctx.project.family, ctx.project.release(ctx.release.name), arch, lock.arches[arch],
                          paths, BuildOptions(epoch=epoch, **opts), sink)
     return results, layout

@@ -2,10 +2,10 @@
 layouts assembled by the join job equal a single multi-arch build."""
 import yaml
 
-from builder.ci import render_workflow
+from builder.runs.ci import render_workflow
 from builder.cli import main
 from builder.oci.layout import Layout
-from builder.project import load_project
+from builder.config.project import load_project
 from tests.buildutil import demo_project
 from tests.conftest import ROOT
 from tests.test_build import build_args

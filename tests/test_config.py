@@ -6,7 +6,7 @@ import pytest
 
 from builder.cli import main
 from builder.errors import ConfigError
-from builder.project import load_project
+from builder.config.project import load_project
 
 
 def pos(text: str, needle: str, nth: int = 0) -> tuple[int, int]:

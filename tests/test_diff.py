@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from builder.diff import diff
+from builder.prove.diff import diff
 from builder.oci.layout import Layout, canonical
 from tests.buildutil import demo_project, run
 from tests.test_build import build_args

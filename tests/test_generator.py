@@ -10,8 +10,9 @@ import pytest
 
 from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
-from builder.pkgfile import PackageReader
-from builder.repo import archive, catalogue, checksum, signature
+from builder.install.pkgfile import PackageReader
+from builder.common import archive
+from builder.resolve import catalogue, checksum, signature
 from tests.conftest import PKGREPO, ROOT
 
 OPTIONAL_EXTRA = {"shlibs_required", "shlibs_provided"}

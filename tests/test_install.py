@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder import bdb, mtree
+from builder.install import bdb, mtree
 from builder.errors import BuildError
-from builder.install import scan_package
-from builder.pkgdb import read_rows
-from builder.post import certctl, dbtools
-from builder.post.scripts import recognise
+from builder.install.scan import scan_package
+from builder.install.pkgdb import read_rows
+from builder.install import certctl, dbtools
+from builder.install.scripts import recognise
 from tests.buildutil import REFERENCE, build_one_arch, context, reference_project
 from tests.conftest import ETC, PKGREPO
 
@@ -98,7 +98,7 @@ def test_post_install_outputs(reference_build):
     users = dbtools.read_pwd_db(fs.nodes["/etc/pwd.db"].data)
     assert users["root"]["uid"] == 0 and users["root"]["passwd"] == "*"
     # the secure database keeps master.passwd's password field, the insecure one "*"
-    from builder.install import read_member
+    from builder.install.scan import read_member
     runtime = PKGREPO / "FreeBSD:14:amd64/base_release_2/FreeBSD-runtime-14.2p1.pkg"
     master = _passwd_expected(read_member(runtime, "FreeBSD-runtime", {"/etc/master.passwd"})["/etc/master.passwd"].decode())
     secure = dbtools.read_pwd_db(fs.nodes["/etc/spwd.db"].data)
@@ -315,8 +315,8 @@ def test_absolute_symlink_inside_root_is_kept(tmp_path):
 
 
 def test_two_packages_shipping_one_path_conflict(tmp_path):
-    from builder.fsmodel import FileSystem
-    from builder.install import install
+    from builder.install.fsmodel import FileSystem
+    from builder.install.scan import install
     a = scan_package(make_pkg(tmp_path / "a.pkg", [entry("bin/x", data=b"a")], name="FreeBSD-a"), "FreeBSD-a", "amd64", EPOCH)
     b = scan_package(make_pkg(tmp_path / "b.pkg", [entry("bin/x", data=b"b")], name="FreeBSD-b"), "FreeBSD-b", "amd64", EPOCH)
     fs = FileSystem()

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import tree
+from builder.layers.build import tree
 from builder.cli import main
-from builder.commands import ensure_lock
 from builder.errors import BuildError
-from builder.images import build_release
+from builder.runs.images import build_release
 from builder.oci.archive import archive_name, write_archives
 from builder.oci.layout import Layout
 from builder.oci.registry import Registry, publish, targets_in_layout
@@ -38,7 +37,7 @@ def family(demo_mirror, tmp_path_factory):
     project = demo_project(tmp)
     ctx = context(project, cache=tmp / "cache", mirror=f"file://{demo_mirror}", keys=demo_mirror / "keys",
                   lock_dir=tmp / "locks")
-    lock = ensure_lock(ctx)
+    lock = ctx.ensure_lock()
     rb = build_release(ctx, lock, tmp / "out", log=lambda m: None)
     return rb, ctx, tmp
 

@@ -14,12 +14,12 @@ from builder.cli import main
 from builder.config.family import PackageRef
 from builder.config.release import Repository
 from builder.errors import BuildError
-from builder.project import load_project
-from builder.repo.cache import Cache
-from builder.repo.catalogue import RemotePackage
-from builder.repo.client import fetch_catalogue, fetch_package
-from builder.repo.transport import Transport
-from builder.resolve import resolve
+from builder.config.project import load_project
+from builder.resolve.cache import Cache
+from builder.resolve.catalogue import RemotePackage
+from builder.resolve.client import fetch_catalogue, fetch_package
+from builder.common.http import Transport
+from builder.resolve.resolver import resolve
 from tests.conftest import PKGREPO, ROOT
 from tests.buildutil import fixture_release_yaml
 from tests.httpfaults import FaultServer
@@ -190,16 +190,14 @@ def test_lock_is_stable_and_outdated_lists_moves(project_copy, capsys):
 
 
 def test_build_refuses_catalogue_that_lost_a_locked_package(project_copy):
-    from builder.commands import ensure_lock
-    from builder.context import Context
+    from builder.runs.context import Context, Where
     write_fixture_release(project_copy)
     assert main(["--project", str(project_copy), "lock", "14.2"]) == 0
     write_fixture_release(project_copy, "base_release_2-14.2p2")
-    import argparse
-    args = argparse.Namespace(project=project_copy, release="14.2", arch=None, mirror=None, keys=None, lock=None, cache_dir=None)
+    where = Where(project=project_copy)
     with pytest.raises(BuildError, match="FreeBSD-clibs is locked at 14.2p1 but the catalogue has 14.2p2"):
-        ensure_lock(Context.from_args(args))
-    ensure_lock(Context.from_args(args), update=True)
+        Context.open(where, "14.2").ensure_lock()
+    Context.open(where, "14.2").ensure_lock(update=True)
 
 
 # --- transport, cache and faults -------------------------------------------------------------

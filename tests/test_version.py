@@ -1,7 +1,7 @@
 """pkg's version ordering, as documented in libpkg/pkg_version.c and pkg-version(8)."""
 import pytest
 
-from builder.repo.version import compare
+from builder.resolve.version import compare
 
 LESS = [
     ("14.2", "14.2p1"), ("14.2p1", "14.2p2"), ("14.2p9", "14.2p10"), ("14.2p2", "14.3"),

@@ -21,12 +21,12 @@ import zstandard
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from builder import tarutil
-from builder.atomic import atomic_write_bytes
+from builder.common import tarutil
+from builder.common.atomic import atomic_write_bytes
 from builder.config.release import Release
 from builder.gen.packages import GenFile, GenPackage, base_packages, ports_packages
 from builder.gen.payload import Filler, elf_file
-from builder.repo import ucl
+from builder.resolve import ucl
 
 OLD_ARCH = {"amd64": "x86:64", "aarch64": "aarch64:64", "riscv64": "riscv:64", "i386": "x86:32",
             "armv7": "armv7:32:el:eabi:hardfp", "powerpc64le": "powerpc:64:el"}

@@ -16,8 +16,8 @@ import lzma
 import tarfile
 from pathlib import Path
 
-from builder import tarutil
-from builder.atomic import atomic_output, atomic_write_bytes
+from builder.common import tarutil
+from builder.common.atomic import atomic_output, atomic_write_bytes
 from builder.config.release import Release
 from builder.oci.layout import INDEX_MT, LAYOUT_FILE, REF_NAME, Layout
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-from builder.atomic import atomic_write_bytes
+from builder.common.atomic import atomic_write_bytes
 from builder.errors import BuildError
 
 INDEX_MT = "application/vnd.oci.image.index.v1+json"

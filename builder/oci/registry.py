@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import requests
@@ -37,7 +38,9 @@ class PushStats:
     manifests: int = 0
     manifests_skipped: int = 0
     requests: int = 0
-    log: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -254,6 +257,11 @@ def publish(layout: Layout, registry: Registry, namespace: str, targets: list[Pu
             registry.put_manifest(repo, tag, index_bytes, INDEX_MT)
         log(f"pushed {repo}:{','.join(t.tags)} -> {t.index_digest}")
     return stats
+
+
+def credentials(user: Optional[str], password_env: str = "FREEBSD_IMAGES_REGISTRY_PASSWORD"):
+    """(user, password) for a registry, the password read from the environment so it never sits in argv."""
+    return (user, os.environ.get(password_env, "")) if user else None
 
 
 def parse_destination(dest: str) -> tuple[str, str]:

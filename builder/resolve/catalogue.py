@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from builder.errors import BuildError
-from builder.repo import ucl
+from builder.resolve import ucl
 
 
 @dataclass(frozen=True, order=True)
@@ -134,8 +133,6 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
             except json.JSONDecodeError as exc:
                 raise BuildError(f"{where}:{lineno}: bad JSON: {exc.msg}") from None
         kind = "packagesite"
-    if "reverse" in os.environ.get("FREEBSD_IMAGES_PERTURB", ""):
-        objs = list(reversed(objs))   # `verify` proves nothing downstream depends on catalogue order
     packages: dict[str, RemotePackage] = {}
     for obj in objs:
         if not isinstance(obj, dict):

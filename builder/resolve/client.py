@@ -6,10 +6,11 @@ from pathlib import Path
 
 from builder.config.release import Repository
 from builder.errors import BuildError
-from builder.repo import archive, signature
-from builder.repo.cache import Cache
-from builder.repo.catalogue import Catalogue, Meta, RemotePackage, parse_catalogue
-from builder.repo.transport import NotFound, Transport
+from builder.common import archive
+from builder.resolve import signature
+from builder.resolve.cache import Cache
+from builder.resolve.catalogue import Catalogue, Meta, RemotePackage, parse_catalogue
+from builder.common.http import NotFound, Transport
 
 
 def _first(transport: Transport, base: str, names: list[str]) -> tuple[str, bytes]:

@@ -14,17 +14,17 @@ from typing import Callable, Optional
 
 import jinja2
 
-from builder import mtree
+from builder.install import mtree
 from builder.config.family import Family, ResolvedFlavour
 from builder.config.release import Release
 from builder.errors import BuildError
-from builder.fsmodel import FileSystem, Node, delta
-from builder.install import ScannedPackage, read_member, scan_package
-from builder.layer import IdMap, LayerInfo, write_layer
-from builder.lock import ArchLock
-from builder.pkgdb import Registration, build_pkgdb
-from builder.post import certctl, dbtools
-from builder.post.scripts import recognise
+from builder.install.fsmodel import FileSystem, Node, delta
+from builder.install.scan import ScannedPackage, read_member, scan_package
+from builder.layers.writer import IdMap, LayerInfo, write_layer
+from builder.resolve.lock import ArchLock
+from builder.install.pkgdb import Registration, build_pkgdb
+from builder.install import certctl, dbtools
+from builder.install.scripts import recognise
 
 PKGDB_PATH = "/var/db/pkg/local.sqlite"
 

@@ -8,21 +8,19 @@ directory so "changed since the last publish" survives between runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from builder.atomic import atomic_write_bytes
-from builder.context import Context
-from builder.images import build_release, human_size
-from builder.lock import Lock, fetch_catalogues, load_lock, make_lock, outdated, write_lock
+from builder.common.atomic import atomic_write_bytes
+from builder.runs.context import Context
+from builder.runs.images import build_release, human_size
+from builder.resolve.lock import Lock, fetch_catalogues, load_lock, make_lock, outdated, write_lock
 from builder.oci.layout import Layout
-from builder.oci.registry import Registry, publish, targets_in_layout
+from builder.oci.registry import Registry, parse_destination, publish, targets_in_layout
+from builder.prove.verify import VerifyRequest, verify
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,7 @@ class NightlyOptions:
     state_dir: Path
     report_dir: Path
     verify: bool = True
+    auth: Optional[tuple[str, str]] = None   # registry user and password
 
 
 def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
@@ -52,7 +51,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     rel = ctx.release.name
     cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
     previous = load_lock(ctx.lock_path)
-    fresh = [u.__dict__ | {"arches": list(u.arches)} for u in outdated(previous, cats)] if previous else []
+    fresh = [u.to_json() for u in outdated(previous, cats)] if previous else []
     lock = make_lock(ctx.release, ctx.project.family, cats, warn=lambda m: log(f"warning: {m}"))
     write_lock(ctx.lock_path, lock)
     published_lock_path = opts.state_dir / f"{rel}.published.lock.json"
@@ -64,15 +63,9 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     reproducible = None
     differences: list[str] = []
     if opts.verify:
-        from builder.verify import verify
-        argv = ["--release", rel, "--all", "--lock", str(ctx.lock_path.resolve())]
-        for a in ctx.arches:
-            argv += ["--arch", a]
-        if ctx.mirror:
-            argv += ["--mirror", ctx.mirror]
-        if ctx.keys:
-            argv += ["--keys", str(ctx.keys)]
-        res = verify(argv, rel, opts.out / f".verify-{rel}", ctx.project.root)
+        req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, arches=tuple(ctx.arches), mirror=ctx.mirror,
+                            keys=ctx.keys)
+        res = verify(req, opts.out / f".verify-{rel}")
         shutil.rmtree(opts.out / f".verify-{rel}", ignore_errors=True)
         reproducible = not res.differences
         differences = [d.human() for d in res.differences[:50]]
@@ -86,11 +79,8 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     registry = None
     host = ns = None
     if opts.to and reproducible is not False:
-        from builder.oci.registry import parse_destination
         host, ns = parse_destination(opts.to)
-        user = os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")
-        auth = (user, os.environ.get("FREEBSD_IMAGES_REGISTRY_PASSWORD", "")) if user else None
-        registry = Registry(host, insecure=opts.insecure, auth=auth)
+        registry = Registry(host, insecure=opts.insecure, auth=opts.auth)
     for t in targets_in_layout(layout):
         repo = f"{ns}/{t.name}" if ns else t.name
         current = registry.manifest_digest(repo, t.tags[0]) if registry else None
@@ -114,8 +104,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     return {"release": rel, "source_date_epoch": rb.epoch, "layout": str(rb.layout), "outdated": fresh,
             "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
             "images": images, "published": pushed_any,
-            "push": {"uploaded": stats.uploaded, "uploaded_bytes": stats.uploaded_bytes, "mounted": stats.mounted,
-                     "skipped": stats.skipped, "manifests": stats.manifests} if stats else None}
+            "push": stats.to_json() if stats else None}
 
 
 def markdown(report: dict) -> str:
@@ -139,11 +128,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, releases: list[str], opts: NightlyOptions) -> dict:
-    log = lambda m: print(m, file=sys.stderr)
+def run(contexts: list[Context], opts: NightlyOptions, log: Callable[[str], None]) -> dict:
     report = {"releases": []}
-    for rel in releases:
-        ctx = Context.from_args(args, rel)
+    for ctx in contexts:
         report["releases"].append(run_release(ctx, opts, log))
     opts.report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(opts.report_dir / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 from builder.errors import BuildError
-from builder.repo.archive import iter_tar
+from builder.common.archive import iter_tar
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import BinaryIO, Optional
 
 import zstandard
 
-from builder import tarutil
+from builder.common import tarutil
 from builder.errors import BuildError
-from builder.fsmodel import Node
-from builder.repo.archive import decompressing
+from builder.install.fsmodel import Node
+from builder.common.archive import decompressing
 
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 9

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Optional
 
-from builder.repo.checksum import manifest_digest
+from builder.resolve.checksum import manifest_digest
 
 SCRIPT_TYPES = {"pre-install": 0, "post-install": 1, "pre-deinstall": 2, "post-deinstall": 3,
                 "pre-upgrade": 4, "post-upgrade": 5, "install": 6, "deinstall": 7, "upgrade": 8}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from builder.config.family import PackageRef
 from builder.errors import BuildError
-from builder.repo.catalogue import Catalogue, RemotePackage
+from builder.resolve.catalogue import Catalogue, RemotePackage
 
 SUBPACKAGE = re.compile(r".*-(dbg|dev|man|lib32)$")
 

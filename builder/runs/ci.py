@@ -7,10 +7,11 @@ publishes. Rendered from families.yaml and releases/ so it never drifts.
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import jinja2
 
-from builder.project import Project
+from builder.config.project import Project
 
 CRON = "17 3 * * *"
 
@@ -27,3 +28,11 @@ def render_workflow(project: Project) -> str:
             matrix.append({"release": name, "arch": arch.name,
                            "images": " ".join(rel.render_name(f) for f in project.family.names)})
     return env.from_string(text).render(releases=list(project.releases), matrix=matrix, cron=CRON)
+
+
+def workflow_path(project: Project) -> Path:
+    return project.root / "ci" / "github-nightly.yml"
+
+
+def is_current(path: Path, text: str) -> bool:
+    return path.exists() and path.read_text() == text

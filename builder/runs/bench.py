@@ -57,7 +57,7 @@ def _last_peak(stderr: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m builder.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m builder.runs.bench", description=__doc__.splitlines()[0])
     p.add_argument("--target-mb", type=float, default=150.0, help="uncompressed size of the small image")
     p.add_argument("--release", default="14.2")
     p.add_argument("--work", type=Path, default=None, help="keep the mirror and outputs here")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from builder.config.family import PackageRef
 from builder.config.release import Release
-from builder.project import Project
+from builder.config.project import Project
+from builder.errors import BuildError
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,25 @@ def parse_image(project: Project, image: str) -> tuple[str, str]:
         for fname in project.family.flavours:
             if rel.render_name(fname) == image:
                 return rname, fname
-    from builder.errors import BuildError
     names = sorted({t.image for t in targets(project)})
     raise BuildError(f"unknown image {image!r}; known images: {', '.join(names)}")
+
+
+def select(project: Project, images: list[str], release: Optional[str] = None, all_flavours: bool = False,
+           flavours: Optional[list[str]] = None) -> dict[str, list[str]]:
+    """release -> flavours (family order), from image names or a release with --all / --flavour."""
+    out: dict[str, list[str]] = {}
+    for image in images:
+        rel, fl = parse_image(project, image)
+        out.setdefault(rel, []).append(fl)
+    if release:
+        if not (all_flavours or flavours):
+            raise BuildError("--release needs --all or --flavour")
+        project.release(release)
+        for f in flavours or ():
+            if f not in project.family.flavours:
+                raise BuildError(f"unknown flavour {f!r}; flavours: {', '.join(project.family.names)}")
+        out.setdefault(release, []).extend(project.family.names if all_flavours else flavours)
+    if not out:
+        raise BuildError("nothing to build: name an image (e.g. freebsd14.2-minimal) or --release R --all")
+    return {r: sorted(set(fs), key=project.family.names.index) for r, fs in out.items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from builder.errors import BuildError
-from builder.repo import checksum
+from builder.resolve import checksum
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 

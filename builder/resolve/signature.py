@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from builder.errors import BuildError
-from builder.repo import ucl
+from builder.resolve import ucl
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from builder.build import BuildOptions, FlavourResult, build_arch
-from builder.context import Context, epoch_override
+from builder.layers.build import BuildOptions, FlavourResult, build_arch
+from builder.runs.context import Context, epoch_override
 from builder.errors import BuildError
-from builder.layer import LayerInfo
-from builder.lock import Lock
+from builder.layers.writer import LayerInfo
+from builder.resolve.lock import Lock
 from builder.oci import image as oci
 from builder.oci.layout import CONFIG_MT, INDEX_MT, MANIFEST_MT, Descriptor, Layout
 
@@ -36,6 +36,11 @@ class BuiltImage:
     @property
     def size(self) -> int:
         return sum(l.size for l in self.layers)
+
+    def to_json(self) -> dict:
+        return {"image": self.name, "tags": list(self.tags), "arch": self.arch, "platform": self.platform,
+                "layers": len(self.layers), "size": self.size, "digest": self.manifest.digest,
+                "config": self.config.digest, "version": self.version}
 
 
 @dataclass
@@ -74,12 +79,10 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             raise BuildError(f"layer blob {digest} does not match what the writer hashed ({info.digest})")
         return info
 
-    from builder.commands import fetch_locked
-
     def one(arch: str):
         if arch not in lock.arches:
             raise BuildError(f"{ctx.release.name}: arch {arch} is not in the lock file {ctx.lock_path}")
-        paths = fetch_locked(ctx, lock, arch)
+        paths = ctx.fetch_locked(lock, arch)
         log(f"{ctx.release.name}/{arch}: {len(paths)} packages ready, building")
         return arch, build_arch(family, declared, arch, lock.arches[arch], paths, opts, sink, flavours)
 

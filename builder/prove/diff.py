@@ -24,7 +24,7 @@ from typing import Optional
 
 import zstandard
 
-from builder import bdb
+from builder.install import bdb
 from builder.errors import BuildError
 from builder.oci.layout import INDEX_MT, REF_NAME, Descriptor, Layout
 
@@ -232,7 +232,7 @@ def _content_detail(path: str, a: bytes, b: bytes) -> list[tuple[str, str, objec
 
 
 def _sqlite_diff(a: bytes, b: bytes) -> list:
-    from builder.pkgdb import read_rows
+    from builder.install.pkgdb import read_rows
     with tempfile.TemporaryDirectory() as d:
         pa, pb = os.path.join(d, "a.sqlite"), os.path.join(d, "b.sqlite")
         Path(pa).write_bytes(a)

@@ -12,16 +12,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from builder.atomic import atomic_write_bytes
+from builder.common.atomic import atomic_write_bytes
 from builder.config.family import Family, PackageRef
 from builder.config.release import Release
 from builder.errors import BuildError
-from builder.plan import flavour_packages
-from builder.repo.catalogue import Catalogue
-from builder.repo.client import fetch_catalogue
-from builder.repo.transport import Transport
-from builder.repo.version import compare
-from builder.resolve import resolve
+from builder.config.plan import flavour_packages
+from builder.resolve.catalogue import Catalogue
+from builder.resolve.client import fetch_catalogue
+from builder.common.http import Transport
+from builder.resolve.version import compare
+from builder.resolve.resolver import resolve
 
 LOCK_VERSION = 1
 
@@ -165,6 +165,9 @@ class Update:
     old: str
     new: Optional[str]
     arches: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "old": self.old, "new": self.new, "arches": list(self.arches)}
 
 
 def outdated(lock: Lock, catalogues: dict[str, list[Catalogue]]) -> list[Update]:

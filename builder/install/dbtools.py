@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from builder import bdb
+from builder.install import bdb
 from builder.errors import BuildError
 
 # pwd.h: key types, versioned as (type & 0xCF) | version << 4

@@ -1,0 +1,62 @@
+"""What a release-level run needs: the project, one release (re-rooted on a mirror), transport, cache, lock path."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from builder.common.http import Transport
+from builder.config.project import Project, load_project
+from builder.config.release import Release, env_mirror
+from builder.resolve.cache import Cache
+from builder.resolve.fetch import ensure_lock, fetch_locked
+from builder.resolve.lock import Lock
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a run reads from and writes to: the command-line options every release-level command shares."""
+    project: Optional[Path] = None
+    arches: tuple[str, ...] = ()
+    mirror: Optional[str] = None
+    keys: Optional[Path] = None
+    lock: Optional[Path] = None
+    lock_dir: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+
+
+@dataclass
+class Context:
+    project: Project
+    release: Release          # re-rooted on the mirror when one is given
+    arches: list[str]
+    transport: Transport
+    cache: Cache
+    lock_path: Path
+    mirror: Optional[str] = None
+    keys: Optional[Path] = None
+
+    @classmethod
+    def open(cls, where: Where, release_name: str) -> "Context":
+        project = load_project(where.project)
+        rel = project.release(release_name)
+        mirror = where.mirror or env_mirror()
+        keys = Path(where.keys).resolve() if where.keys else None
+        if mirror or keys:
+            rel = rel.with_mirror(mirror, keys)
+        arches = [rel.arch(a).name for a in where.arches] if where.arches else [a.name for a in rel.arches]
+        lock = where.lock or ((where.lock_dir or project.root / "releases") / f"{rel.name}.lock.json")
+        return cls(project, rel, arches, Transport(), Cache(where.cache_dir), Path(lock), mirror, keys)
+
+    def ensure_lock(self, update: bool = False, warn: Callable[[str], None] = lambda m: None) -> Lock:
+        return ensure_lock(self.transport, self.release, self.project.family, self.arches, self.lock_path,
+                           update, warn)
+
+    def fetch_locked(self, lock: Lock, arch: str) -> dict[str, Path]:
+        return fetch_locked(self.transport, self.cache, self.release, lock, arch)
+
+
+def epoch_override() -> Optional[int]:
+    v = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(v) if v and v.isdigit() else None
