@@ -1,7 +1,9 @@
-"""Atomic file output: write beside the target, fsync, rename.
+"""Atomic file output, the one way every file is written: beside the target, fsync, rename.
 
 An interrupted build leaves either the old file or the new one, never half of
 either; readers (and the cache) never see a partial file under its final name.
+A ``Pending`` file may learn its final name only once written (content-addressed
+blobs), which is why the name is given at ``commit``.
 """
 from __future__ import annotations
 
@@ -12,22 +14,51 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 
+class Pending:
+    """A temporary file in ``directory`` that becomes a real file only by ``commit``."""
+
+    def __init__(self, directory: Path, prefix: str = ".tmp."):
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+        self.fh: BinaryIO = os.fdopen(fd, "w+b")
+        self.done = False
+
+    def commit(self, path: Path, mode: int = 0o644) -> Path:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.chmod(self.path, mode)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, path)
+        self.done = True
+        return Path(path)
+
+    def discard(self) -> None:
+        if not self.fh.closed:
+            self.fh.close()
+        if not self.done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.done = True
+
+
+@contextlib.contextmanager
+def pending(directory: Path, prefix: str = ".tmp.") -> Iterator[Pending]:
+    """A Pending file that is removed unless committed, whatever happens inside the block."""
+    p = Pending(directory, prefix)
+    try:
+        yield p
+    finally:
+        p.discard()
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with pending(path.parent, f".{path.name}.") as p:
+        yield p.fh
+        p.commit(path, mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

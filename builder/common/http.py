@@ -1,17 +1,23 @@
-"""Fetching repository files: file://, http(s)://, pkg+http(s)://.
+"""HTTP for every network read and write: one session setup, one retry policy.
 
-Connection reuse, timeouts, bounded retries with exponential backoff on
-connection errors, 5xx and 429, and resume of interrupted bodies with Range.
-``pkg+`` URLs mean SRV-record mirror selection to pkg; we treat them as the
-plain scheme (pkg.FreeBSD.org answers on its A records too).
+Repository downloads (``Transport``) and the registry client both go through
+``Http.send``: bounded retries with exponential backoff on connection errors,
+5xx and 429, honouring ``Retry-After`` (seconds or HTTP-date) but never
+sleeping longer than ``RetryPolicy.max_wait``. ``Transport`` adds Range resume
+of interrupted bodies on top. ``file://`` URLs are read directly; ``pkg+``
+URLs mean SRV-record mirror selection to pkg, which we treat as the plain
+scheme (pkg.FreeBSD.org answers on its A records too).
 """
 from __future__ import annotations
 
+import email.utils
+import io
+import math
 import os
 import sys
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
@@ -20,11 +26,45 @@ import requests
 from builder import __version__
 from builder.errors import BuildError
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 class NotFound(BuildError):
     pass
+
+
+def retry_after(value: Optional[str], now: Callable[[], float] = time.time) -> Optional[float]:
+    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None:
+            return None
+        secs = when.timestamp() - now()
+    if math.isnan(secs):
+        return None
+    return max(0.0, secs)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 4
+    backoff: float = 0.25          # first wait; doubles per attempt
+    max_wait: float = 30.0         # cap for backoff and for any Retry-After a server asks for
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def wait(self, attempt: int, retry_after_header: Optional[str] = None) -> None:
+        """Sleep before retry number ``attempt`` (1-based)."""
+        asked = retry_after(retry_after_header)
+        delay = asked if asked is not None else self.backoff * (2 ** (attempt - 1))
+        self.sleep(min(delay, self.max_wait))
 
 
 @dataclass
@@ -35,29 +75,70 @@ class Stats:
     bytes: int = 0
 
 
+def new_session() -> requests.Session:
+    s = requests.Session()
+    s.headers["User-Agent"] = f"freebsd-images/{__version__}"
+    # Retries are ours (RetryPolicy), so that downloads and the registry share one policy.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+class Http:
+    """A session plus the retry policy; ``send`` retries what is worth retrying."""
+
+    def __init__(self, policy: Optional[RetryPolicy] = None, timeout: tuple[float, float] = (10.0, 30.0)):
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self.session = new_session()
+        self.stats = Stats()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def send(self, method: str, url: str, describe: str, retry: bool = True, **kw) -> requests.Response:
+        """One request, retried on connection errors and RETRY_STATUS; the last answer is returned as is.
+
+        ``retry=False`` is for callers that retry a larger unit themselves (a resumable body)
+        with the same policy: connection errors then propagate as they are.
+        """
+        kw.setdefault("timeout", self.timeout)
+        if not retry:
+            self.stats.requests += 1
+            return self.session.request(method, url, **kw)
+        for attempt in range(self.policy.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self.stats.requests += 1
+            try:
+                r = self.session.request(method, url, **kw)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.policy.retries:
+                    raise BuildError(f"{describe}: {type(exc).__name__} after {attempt + 1} attempts") from exc
+                self.policy.wait(attempt + 1)
+                continue
+            if r.status_code in RETRY_STATUS and attempt < self.policy.retries:
+                r.close()
+                self.policy.wait(attempt + 1, r.headers.get("Retry-After"))
+                continue
+            return r
+        raise AssertionError("unreachable")
+
+
 def http_url(url: str) -> str:
     return url[4:] if url.startswith("pkg+") else url
 
 
-class Transport:
+class Transport(Http):
+    """Repository files: file://, http(s)://, pkg+http(s)://, with Range resume of interrupted bodies."""
+
     def __init__(self, retries: int = 4, backoff: float = 0.25, timeout: tuple[float, float] = (10.0, 30.0),
                  sleep: Callable[[float], None] = time.sleep, progress: Optional[bool] = None):
-        self.retries = retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self.sleep = sleep
-        self.stats = Stats()
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"freebsd-images/{__version__}"
-        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        super().__init__(RetryPolicy(retries, backoff, sleep=sleep), timeout)
         if progress is None:
             progress = sys.stderr.isatty() and not os.environ.get("CI")
         self.progress = progress
-
-    def close(self) -> None:
-        self.session.close()
 
     def fetch_to(self, url: str, out: BinaryIO, label: Optional[str] = None) -> int:
         """Write the body of url to out (opened for writing at position 0); return its size."""
@@ -69,7 +150,6 @@ class Transport:
         return self._fetch_http(url, out, label or url.rsplit("/", 1)[-1])
 
     def fetch_bytes(self, url: str, limit: int = 512 << 20) -> bytes:
-        import io
         buf = io.BytesIO()
         self.fetch_to(url, buf)
         if buf.tell() > limit:
@@ -84,33 +164,29 @@ class Transport:
                 while chunk := fh.read(1 << 20):
                     out.write(chunk)
                     n += len(chunk)
-        except FileNotFoundError:
-            raise NotFound(f"{url}: not found") from None
+        except FileNotFoundError as exc:
+            raise NotFound(f"{url}: not found") from exc
         except OSError as exc:
-            raise BuildError(f"{url}: {exc.strerror}") from None
+            raise BuildError(f"{url}: {exc.strerror}") from exc
         self.stats.bytes += n
         return n
 
     def _fetch_http(self, url: str, out: BinaryIO, label: str) -> int:
         written = 0
         last_error = "no attempt"
-        for attempt in range(self.retries + 1):
+        # Each pass is one body transfer; a body cut short is resumed with Range on the next pass.
+        for attempt in range(self.policy.retries + 1):
             if attempt:
                 self.stats.retries += 1
-                self.sleep(min(self.backoff * (2 ** (attempt - 1)), 10.0))
-            headers = {}
-            if written:
-                headers["Range"] = f"bytes={written}-"
-            self.stats.requests += 1
+            headers = {"Range": f"bytes={written}-"} if written else {}
             try:
-                with self.session.get(url, headers=headers, stream=True, timeout=self.timeout) as resp:
-                    if resp.status_code == 404 or resp.status_code == 410:
+                with self.send("GET", url, url, retry=False, headers=headers, stream=True) as resp:
+                    if resp.status_code in (404, 410):
                         raise NotFound(f"{url}: HTTP {resp.status_code}")
                     if resp.status_code in RETRY_STATUS:
                         last_error = f"HTTP {resp.status_code}"
-                        retry_after = resp.headers.get("Retry-After", "")
-                        if retry_after.isdigit():
-                            self.sleep(min(int(retry_after), 30))
+                        if attempt < self.policy.retries:
+                            self.policy.wait(attempt + 1, resp.headers.get("Retry-After"))
                         continue
                     if resp.status_code == 206 and written:
                         start = resp.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
@@ -144,5 +220,7 @@ class Transport:
                     return written
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if attempt < self.policy.retries:
+                    self.policy.wait(attempt + 1)
                 continue
-        raise BuildError(f"{url}: giving up after {self.retries + 1} attempts ({last_error})")
+        raise BuildError(f"{url}: giving up after {self.policy.retries + 1} attempts ({last_error})")

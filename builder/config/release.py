@@ -15,7 +15,6 @@ from builder.config.yamlsrc import Located, load_file
 from builder.errors import BuildError, ConfigError, Diagnostic
 
 SIGNATURE_TYPES = ("none", "pubkey", "fingerprints")
-URL_SCHEMES = ("pkg+https", "pkg+http", "https", "http", "file")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _render(template: str, **ctx) -> str:
     try:
         return _ENV.from_string(template).render(**ctx)
     except jinja2.TemplateError as exc:
-        raise BuildError(f"cannot render {template!r}: {exc}") from None
+        raise BuildError(f"cannot render {template!r}: {exc}") from exc
 
 
 def _template(doc: Located, path, value, out) -> None:

@@ -94,9 +94,9 @@ def load_text(text: str, file: str) -> Located:
         problem = exc.problem or "invalid YAML"
         if exc.context:
             problem = f"{exc.context}: {problem}"
-        raise ConfigError([Diagnostic(file, line, col, f"YAML syntax error: {problem}")]) from None
+        raise ConfigError([Diagnostic(file, line, col, f"YAML syntax error: {problem}")]) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError([Diagnostic(file, 1, 1, f"YAML error: {exc}")]) from None
+        raise ConfigError([Diagnostic(file, 1, 1, f"YAML error: {exc}")]) from exc
     builder = _Builder(file)
     if node is None:
         builder.doc.data = {}
@@ -112,8 +112,8 @@ def load_file(path: Path, display: str | None = None) -> Located:
     name = display or str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Diagnostic(name, 1, 1, "file not found")]) from None
+    except FileNotFoundError as exc:
+        raise ConfigError([Diagnostic(name, 1, 1, "file not found")]) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError([Diagnostic(name, 1, 1, f"not UTF-8 text: {exc.reason}")]) from None
+        raise ConfigError([Diagnostic(name, 1, 1, f"not UTF-8 text: {exc.reason}")]) from exc
     return load_text(text, name)

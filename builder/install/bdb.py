@@ -102,12 +102,6 @@ class Header:
         split, page = oaddr >> SPLITSHIFT, oaddr & 0x7FF
         return self.bucket_page((1 << split) - 1) + page
 
-    def bucket_of(self, key: bytes) -> int:
-        n = default_hash(key)
-        b = n & self.high_mask
-        return b & self.low_mask if b > self.max_bucket else b
-
-
 # --- reading -------------------------------------------------------------------------------------
 
 def read(data: bytes) -> dict[bytes, bytes]:
@@ -190,9 +184,6 @@ def _read_big(hdr: Header, page, u16s, pno: int) -> tuple[bytes, bytes, Optional
                 key += p[off:bsize]
                 key, val = (key, p[dat:off]) if n > 3 else (key, b"")
                 in_data = True
-                if n > 3:
-                    # key and the start of the data on this page
-                    key = key
             else:
                 val += p[off:bsize]
                 return key, val, None if n <= 2 else nxt

@@ -82,7 +82,7 @@ def load_cert(data: bytes, where: str) -> x509.Certificate:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
-        raise BuildError(f"certctl: {where} is not a certificate: {exc}") from None
+        raise BuildError(f"certctl: {where} is not a certificate: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,8 @@ def parse(text: str, root: str = "/", source: str = "mtree") -> list[MtreeEntry]
         path = "/" + "/".join(p for p in [root.strip("/")] + parts if p)
         try:
             mode = int(kw.get("mode", "0755" if typ == "dir" else "0644"), 8)
-        except ValueError:
-            raise BuildError(f"{source}:{lineno}: bad mode {kw.get('mode')!r}") from None
+        except ValueError as exc:
+            raise BuildError(f"{source}:{lineno}: bad mode {kw.get('mode')!r}") from exc
         out.append(MtreeEntry(path, typ, kw.get("uname", "root"), kw.get("gname", "wheel"), mode,
                               kw.get("flags", ""), kw.get("link"), kw.get("tags", "")))
         if typ == "dir":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 from builder.errors import BuildError
@@ -62,7 +61,7 @@ class PackageReader:
         try:
             doc = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BuildError(f"{self.what}: {name} is not valid JSON: {exc}") from None
+            raise BuildError(f"{self.what}: {name} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise BuildError(f"{self.what}: {name} is not a JSON object")
         return doc
@@ -101,12 +100,3 @@ class PackageReader:
             yield entry, (tar.extractfile(member) if kind == "file" else None)
         if not self.manifest:
             raise BuildError(f"{self.what}: no +MANIFEST in package")
-
-
-def read_manifest(path: Path) -> dict:
-    """Only the +MANIFEST of a package (stops after the metadata entries)."""
-    with open(path, "rb") as fh:
-        reader = PackageReader(fh, str(path))
-        for _ in reader.entries():
-            break
-        return reader.manifest

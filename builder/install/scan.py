@@ -14,7 +14,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem, Node, check_path, check_symlink
 from builder.install.pkgfile import PackageReader
-from builder.common.archive import Limit
+from builder.common.compress import Limit
 
 ELF_MACHINE = {"amd64": (2, 62), "aarch64": (2, 183), "riscv64": (2, 243), "powerpc64le": (2, 21),
                "i386": (1, 3), "armv7": (1, 40)}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from builder.errors import BuildError
 
@@ -12,11 +11,6 @@ KNOWN = (
     ("cap_mkdb", re.compile(r"^(/usr/bin/)?cap_mkdb( -[A-Za-z]+| -f \S+)* \S*/etc/login\.conf$")),
     ("certctl", re.compile(r"^(\[ -x /usr/sbin/certctl \] && )?(env DESTDIR=\S+ )?(/usr/sbin/)?certctl( -[A-Za-z]+)* rehash$")),
 )
-
-
-@dataclass(frozen=True)
-class ScriptWork:
-    actions: frozenset[str]
 
 
 def recognise(package: str, scripts: dict, ignored: dict[str, str]) -> frozenset[str]:

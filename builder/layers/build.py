@@ -19,7 +19,7 @@ from builder.config.family import Family, ResolvedFlavour
 from builder.config.release import Release
 from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem, Node, delta
-from builder.install.scan import ScannedPackage, read_member, scan_package
+from builder.install.scan import ScannedPackage, install, read_member, scan_package
 from builder.layers.writer import IdMap, LayerInfo, write_layer
 from builder.resolve.lock import ArchLock
 from builder.install.pkgdb import Registration, build_pkgdb
@@ -116,7 +116,7 @@ def _render(template_path: Path, release: Release, flavour: str, arch: str) -> b
         return tpl.render(release=release, repository=base, repositories={r.key: r for r in release.repositories},
                           flavour=flavour, arch=arch, abi=release.abi(arch)).encode()
     except jinja2.TemplateError as exc:
-        raise BuildError(f"{template_path}: {exc}") from None
+        raise BuildError(f"{template_path}: {exc}") from exc
 
 
 def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch: int) -> None:
@@ -195,8 +195,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
             sp = scanned(name)
             actions |= recognise(name, sp.manifest.get("scripts") or {}, ignored)
             if name not in before:
-                for node in sp.nodes:
-                    fs.add(node, f"package {name}")
+                install(fs, sp)
         for ex in fl.extract:
             sp = scanned(ex.package)
             by_path = {n.path: n for n in sp.nodes}

@@ -11,22 +11,19 @@ memory stays flat however large the layer is.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import struct
 import tarfile
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
-import zstandard
 
 from builder.common import tarutil
 from builder.errors import BuildError
 from builder.install.fsmodel import Node
-from builder.common.archive import decompressing
+from builder.common.compress import Gzip, Zstd, decompressing
+from builder.common.hashing import HashingWriter
 
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 9
@@ -42,65 +39,6 @@ class LayerInfo:
     tar_size: int
     media_type: str
     entries: int
-
-
-class _HashingWriter(io.RawIOBase):
-    def __init__(self, sink: Optional[BinaryIO]):
-        self.sink = sink
-        self.h = hashlib.sha256()
-        self.n = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        b = bytes(b)
-        self.h.update(b)
-        self.n += len(b)
-        if self.sink is not None:
-            self.sink.write(b)
-        return len(b)
-
-
-class _Gzip(io.RawIOBase):
-    """gzip with every header field pinned; Python's own writers differ in the OS byte."""
-
-    def __init__(self, sink: BinaryIO, level: int):
-        self.sink = sink
-        self.z = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
-        self.crc = 0
-        self.size = 0
-        sink.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x00\x03")
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        b = bytes(b)
-        self.crc = zlib.crc32(b, self.crc)
-        self.size += len(b)
-        self.sink.write(self.z.compress(b))
-        return len(b)
-
-    def finish(self) -> None:
-        self.sink.write(self.z.flush())
-        self.sink.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
-
-
-class _Zstd(io.RawIOBase):
-    def __init__(self, sink: BinaryIO, level: int):
-        self.sink = sink
-        self.c = zstandard.ZstdCompressor(level=level, write_content_size=False, write_checksum=True).compressobj()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self.sink.write(self.c.compress(bytes(b)))
-        return len(b)
-
-    def finish(self) -> None:
-        self.sink.write(self.c.flush())
 
 
 def sort_key(path: str) -> tuple[str, ...]:
@@ -165,9 +103,9 @@ class _PackageSpool:
 
 def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages: dict[str, Path],
                 ids: IdMap, epoch: int, compression: str = "gzip") -> LayerInfo:
-    compressed = _HashingWriter(out)
-    comp = _Gzip(compressed, GZIP_LEVEL) if compression == "gzip" else _Zstd(compressed, ZSTD_LEVEL)
-    plain = _HashingWriter(comp)
+    compressed = HashingWriter(out)
+    comp = Gzip(compressed, GZIP_LEVEL) if compression == "gzip" else Zstd(compressed, ZSTD_LEVEL)
+    plain = HashingWriter(comp)
     spool = _PackageSpool(packages)
     entries: list[tuple[tuple[str, ...], str, Optional[Node]]] = [(sort_key(n.path), n.path, n) for n in nodes]
     for w in whiteouts:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import lzma
 import tarfile
 from pathlib import Path
 
 from builder.common import tarutil
+from builder.common.compress import Xz
 from builder.common.atomic import atomic_output, atomic_write_bytes
 from builder.config.release import Release
 from builder.oci.layout import INDEX_MT, LAYOUT_FILE, REF_NAME, Layout
@@ -32,19 +32,6 @@ def archive_name(release: Release, arch: str, flavour: str) -> str:
     return f"FreeBSD-{release.name}-{KIND.get(release.kind, release.kind.upper())}-{ARCH_NAME.get(arch, arch)}-container-image-{flavour}.txz"
 
 
-class _Xz:
-    def __init__(self, sink):
-        self.sink = sink
-        self.c = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
-
-    def write(self, b) -> int:
-        self.sink.write(self.c.compress(bytes(b)))
-        return len(b)
-
-    def finish(self) -> None:
-        self.sink.write(self.c.flush())
-
-
 def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: int, dest: Path) -> None:
     man_bytes = layout.read_blob(manifest_digest)
     man = json.loads(man_bytes)
@@ -55,7 +42,7 @@ def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: i
     blobs = sorted({manifest_digest, man["config"]["digest"], *(l["digest"] for l in man["layers"])})
     meta = dict(mtime=epoch, uname="root", gname="wheel")
     with atomic_output(dest) as out:
-        xz = _Xz(out)
+        xz = Xz(out, XZ_PRESET)
         with tarfile.open(fileobj=xz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(tarutil.info("blobs", "dir", mode=0o755, **meta))
             tar.addfile(tarutil.info("blobs/sha256", "dir", mode=0o755, **meta))

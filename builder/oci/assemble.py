@@ -1,17 +1,19 @@
 """Merge OCI layouts built per arch into one: blobs copied, indexes of the same
-ref joined by platform (what CI's join job does with the matrix artifacts)."""
+ref joined by full platform (what CI's join job does with the matrix artifacts)."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+from builder.common.atomic import atomic_output
 from builder.errors import BuildError
+from builder.oci.image import index, merge_platforms
 from builder.oci.layout import INDEX_MT, Descriptor, Layout
 
 
 def assemble(dest: Path, sources: list[Path]) -> dict[str, Descriptor]:
     out = Layout(dest).init()
-    merged: dict[str, tuple[dict, dict]] = {}      # ref -> (annotations, platform key -> manifest entry)
+    merged: dict[str, tuple[tuple, list[Descriptor]]] = {}      # ref -> (annotations, manifests)
     plain: dict[str, Descriptor] = {}
     for src in sorted(sources, key=str):
         lay = Layout(src)
@@ -19,23 +21,17 @@ def assemble(dest: Path, sources: list[Path]) -> dict[str, Descriptor]:
             raise BuildError(f"{src}: not an OCI layout")
         for blob in sorted(lay.blobs.iterdir()):
             if not blob.name.startswith(".") and not out.has_blob("sha256:" + blob.name):
-                tmp = out.blobs / f".{blob.name}.tmp"
-                shutil.copyfile(blob, tmp)
-                tmp.replace(out.blobs / blob.name)
+                with open(blob, "rb") as fh, atomic_output(out.blobs / blob.name) as dst:
+                    shutil.copyfileobj(fh, dst, 1 << 20)
         for ref, desc in lay.refs().items():
             if desc.media_type == INDEX_MT:
                 idx = lay.read_json(desc.digest)
-                ann, plats = merged.setdefault(ref, (idx.get("annotations") or {}, {}))
-                for m in idx["manifests"]:
-                    p = m.get("platform") or {}
-                    plats[(p.get("os"), p.get("architecture"), p.get("variant"))] = m
+                ann, mans = merged.setdefault(ref, (tuple(sorted((idx.get("annotations") or {}).items())), []))
+                mans.extend(Descriptor.from_json(m) for m in idx["manifests"])
             else:
                 plain[ref] = desc
     refs = dict(plain)
-    for ref, (ann, plats) in merged.items():
-        doc = {"schemaVersion": 2, "mediaType": INDEX_MT,
-               "manifests": [plats[k] for k in sorted(plats, key=lambda k: tuple(x or "" for x in k))],
-               "annotations": ann}
-        refs[ref] = out.put_json(doc, INDEX_MT)
+    for ref, (ann, mans) in merged.items():
+        refs[ref] = out.put_json(index(merge_platforms(mans), ann), INDEX_MT)
     out.set_refs(refs)
     return refs

@@ -99,12 +99,29 @@ def manifest(config: Descriptor, layers: list[Descriptor], ann: tuple[tuple[str,
     }
 
 
+def platform_key(d: Descriptor) -> tuple[str, str, str]:
+    p = dict(d.platform or ())
+    return p.get("os", ""), p.get("architecture", ""), p.get("variant", "")
+
+
+def merge_platforms(*groups: list[Descriptor]) -> list[Descriptor]:
+    """One manifest per full platform (os, architecture, variant); a later group wins; sorted by platform.
+
+    Every multi-arch index is made through this, so a layout built in one run and one
+    assembled from per-arch runs hold the same index bytes.
+    """
+    by: dict[tuple[str, str, str], Descriptor] = {}
+    for group in groups:
+        for d in group:
+            by[platform_key(d)] = d
+    return [by[k] for k in sorted(by)]
+
+
 def index(manifests: list[Descriptor], ann: tuple[tuple[str, str], ...]) -> dict:
-    order = sorted(manifests, key=lambda d: (dict(d.platform or ()).get("architecture", ""), d.digest))
     return {
         "schemaVersion": 2,
         "mediaType": INDEX_MT,
-        "manifests": [m.to_json() for m in order],
+        "manifests": [m.to_json() for m in merge_platforms(manifests)],
         "annotations": dict(ann),
     }
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-from builder.common.atomic import atomic_write_bytes
+from builder.common.atomic import atomic_write_bytes, pending
+from builder.common.hashing import HashingWriter
 from builder.errors import BuildError
 
 INDEX_MT = "application/vnd.oci.image.index.v1+json"
@@ -54,19 +53,6 @@ class Descriptor:
                    tuple(sorted(d["platform"].items())) if d.get("platform") else None)
 
 
-class _Hashing:
-    def __init__(self, fh: BinaryIO):
-        self.fh, self.h, self.n = fh, hashlib.sha256(), 0
-
-    def write(self, b) -> int:
-        self.h.update(b)
-        self.n += len(b)
-        return self.fh.write(b)
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-
 class Layout:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -101,32 +87,20 @@ class Layout:
 
     def put_stream(self, write: Callable[[Any], Any]) -> tuple[Any, str, int]:
         """Run write(fh) into a new blob; returns (write's result, digest, size)."""
-        fd, tmp = tempfile.mkstemp(prefix=".blob.", suffix=".tmp", dir=self.blobs)
-        try:
-            with os.fdopen(fd, "wb") as raw:
-                fh = _Hashing(raw)
-                result = write(fh)
-                raw.flush()
-                os.fsync(raw.fileno())
-            digest = "sha256:" + fh.h.hexdigest()
-            final = self.blob_path(digest)
-            if final.exists():
-                os.unlink(tmp)
-            else:
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, final)
+        with pending(self.blobs, ".blob.") as p:
+            fh = HashingWriter(p.fh)
+            result = write(fh)
+            final = self.blob_path(fh.digest)
+            if not final.exists():
+                p.commit(final)
                 self.written += 1
-            return result, digest, fh.n
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+            return result, fh.digest, fh.n
 
     def read_blob(self, digest: str) -> bytes:
         try:
             data = self.blob_path(digest).read_bytes()
-        except FileNotFoundError:
-            raise BuildError(f"{self.root}: blob {digest} is missing") from None
+        except FileNotFoundError as exc:
+            raise BuildError(f"{self.root}: blob {digest} is missing") from exc
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise BuildError(f"{self.root}: blob {digest} does not match its digest")
         return data
@@ -145,7 +119,7 @@ class Layout:
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": []}
         except json.JSONDecodeError as exc:
-            raise BuildError(f"{self.root}/index.json: not JSON: {exc}") from None
+            raise BuildError(f"{self.root}/index.json: not JSON: {exc}") from exc
 
     def refs(self) -> dict[str, Descriptor]:
         out = {}

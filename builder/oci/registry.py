@@ -19,11 +19,10 @@ from typing import Callable, Optional
 
 import requests
 
-from builder import __version__
+from builder.common.http import Http, RetryPolicy
 from builder.errors import BuildError
 from builder.oci.layout import INDEX_MT, MANIFEST_MT, Layout
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
 ACCEPT = f"{INDEX_MT}, {MANIFEST_MT}"
 CHUNK = 8 << 20
 MONOLITHIC_MAX = 16 << 20
@@ -55,10 +54,9 @@ class Registry:
         self.host = host
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.auth = auth
-        self.retries, self.backoff, self.sleep = retries, backoff, sleep
+        self.http = Http(RetryPolicy(retries, backoff, sleep=sleep), timeout=(10, 300))
+        self.session = self.http.session
         self.chunk_size, self.monolithic_max = chunk_size, monolithic_max
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"freebsd-images/{__version__}"
         self.tokens: dict[str, str] = {}    # scope -> bearer token
         self.stats = PushStats()
 
@@ -96,34 +94,22 @@ class Registry:
                 allow_redirects=True) -> requests.Response:
         if not url.startswith("http"):
             url = self.base + url
-        attempt, authed = 0, False
-        while True:
+        path = urllib.parse.urlsplit(url).path
+        for authed in (False, True):
             h = dict(headers or {})
             h.update(self._authorization(scope))
             body = data() if callable(data) else data
-            try:
-                self.stats.requests += 1
-                r = self.session.request(method, url, data=body, headers=h, timeout=(10, 300),
-                                         allow_redirects=allow_redirects)
-            except requests.RequestException as exc:
-                if attempt >= self.retries:
-                    raise BuildError(f"registry {self.host}: {method} {url}: {exc}") from None
-                attempt += 1
-                self.sleep(self.backoff * 2 ** attempt)
-                continue
+            self.stats.requests += 1
+            r = self.http.send(method, url, f"registry {self.host}: {method} {path}", data=body, headers=h,
+                               allow_redirects=allow_redirects)
             if r.status_code == 401 and not authed and "WWW-Authenticate" in r.headers:
                 self._login(r.headers["WWW-Authenticate"], scope)
-                authed = True
                 continue
-            if r.status_code in RETRY_STATUS and attempt < self.retries:
-                attempt += 1
-                self.sleep(float(r.headers.get("Retry-After", 0) or 0) or self.backoff * 2 ** attempt)
-                continue
-            if r.status_code not in ok:
-                detail = r.text[:300].strip()
-                raise BuildError(f"registry {self.host}: {method} {urllib.parse.urlsplit(url).path}: "
-                                 f"HTTP {r.status_code} {detail}")
-            return r
+            break
+        if r.status_code not in ok:
+            detail = r.text[:300].strip()
+            raise BuildError(f"registry {self.host}: {method} {path}: HTTP {r.status_code} {detail}")
+        return r
 
     def _loc(self, r: requests.Response) -> str:
         loc = r.headers.get("Location")
@@ -181,10 +167,6 @@ class Registry:
         if r.status_code == 404:
             return None
         return r.headers.get("Docker-Content-Digest")
-
-    def get_manifest(self, repo: str, ref: str) -> bytes:
-        return self.request("GET", f"/v2/{repo}/manifests/{ref}", f"repository:{repo}:pull",
-                            headers={"Accept": ACCEPT}).content
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> None:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()

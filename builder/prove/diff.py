@@ -10,7 +10,6 @@ a row-level diff of local.sqlite or a record-level diff of Berkeley DB files.
 from __future__ import annotations
 
 import difflib
-import gzip
 import hashlib
 import json
 import lzma
@@ -22,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import zstandard
 
 from builder.install import bdb
 from builder.errors import BuildError
-from builder.oci.layout import INDEX_MT, REF_NAME, Descriptor, Layout
+from builder.common.compress import decompressing
+from builder.oci.layout import INDEX_MT, Descriptor, Layout
 
 TEXT_DIFF_LINES = 40
 CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this
@@ -110,7 +109,7 @@ def _from_archive(path: Path) -> Source:
                     shutil.copyfileobj(src, out, 1 << 20)
     except (tarfile.TarError, lzma.LZMAError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BuildError(f"{path}: cannot read archive: {exc}") from None
+        raise BuildError(f"{path}: cannot read archive: {exc}") from exc
     return Source(str(path), Layout(Path(tmp)), None, tmp)
 
 
@@ -167,19 +166,9 @@ TYPES = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "di
          tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
 
 
-def _decompressed(fh):
-    head = fh.read(4)
-    fh.seek(0)
-    if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")
-    if head == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-    return fh
-
-
 def layer_entries(layout: Layout, digest: str) -> dict[str, EntryInfo]:
     out: dict[str, EntryInfo] = {}
-    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as tar:
+    with layout.open_blob(digest) as raw, tarfile.open(fileobj=decompressing(raw, f"layer {digest}")[0], mode="r|") as tar:
         for i, m in enumerate(tar):
             h = hashlib.sha256()
             if m.isfile():
@@ -196,7 +185,7 @@ def read_entries(layout: Layout, digest: str, names: set[str]) -> dict[str, byte
     out: dict[str, bytes] = {}
     if not names:
         return out
-    with layout.open_blob(digest) as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as tar:
+    with layout.open_blob(digest) as raw, tarfile.open(fileobj=decompressing(raw, f"layer {digest}")[0], mode="r|") as tar:
         for m in tar:
             if m.name in names and m.isfile() and m.size <= CONTENT_LIMIT:
                 out[m.name] = tar.extractfile(m).read()

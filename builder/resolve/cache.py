@@ -10,10 +10,10 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+from builder.common.atomic import atomic_write_bytes, pending
 from builder.errors import BuildError
 from builder.resolve import checksum
 
@@ -83,33 +83,17 @@ class Cache:
         hit = self.lookup(expected_sum)
         if hit is not None:
             return hit
-        tmpdir = self.root / "tmp"
-        tmpdir.mkdir(parents=True, exist_ok=True)
         last = ""
         for _ in range(attempts):
-            fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix="dl-")
-            try:
-                with os.fdopen(fd, "w+b") as fh:
-                    writer(fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                sha, b2 = _hash_file(Path(tmp))
+            with pending(self.root / "tmp", "dl-") as p:
+                writer(p.fh)
+                p.fh.flush()
+                sha, b2 = _hash_file(Path(p.path))
                 if not checksum.package_sum_matches(expected_sum, sha, b2):
                     last = f"checksum mismatch: expected {expected_sum}, got sha256 {sha}"
                     continue
-                dest = self._blob(sha)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, dest)
-                if not (HEX64.fullmatch(expected_sum) or expected_sum.startswith("1$")):
-                    alias = self._alias(expected_sum)
-                    alias.parent.mkdir(parents=True, exist_ok=True)
-                    fd2, atmp = tempfile.mkstemp(dir=alias.parent)
-                    with os.fdopen(fd2, "w") as afh:
-                        afh.write(sha + "\n")
-                    os.replace(atmp, alias)
-                return dest
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+                dest = p.commit(self._blob(sha), 0o444)
+            if not (HEX64.fullmatch(expected_sum) or expected_sum.startswith("1$")):
+                atomic_write_bytes(self._alias(expected_sum), (sha + "\n").encode())
+            return dest
         raise BuildError(f"{what}: {last}; refusing the download")

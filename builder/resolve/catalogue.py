@@ -54,7 +54,7 @@ class RemotePackage:
                 raw=obj, repository=repository,
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise BuildError(f"{where}: malformed package entry {obj.get('name', '?') if isinstance(obj, dict) else obj!r}: {exc!r}") from None
+            raise BuildError(f"{where}: malformed package entry {obj.get('name', '?') if isinstance(obj, dict) else obj!r}: {exc!r}") from exc
 
     @property
     def sha256(self) -> Optional[str]:
@@ -96,8 +96,6 @@ class Catalogue:
     kind: str              # "data" or "packagesite"
     digest: str            # sha256 of the catalogue file inside the archive
     packages: dict[str, RemotePackage]
-    groups: tuple = ()
-    expired: tuple = ()
     built: int = 0         # mtime of the catalogue file: when the repository was built
 
 
@@ -108,20 +106,16 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BuildError(f"{where}: not UTF-8: {exc}") from None
+        raise BuildError(f"{where}: not UTF-8: {exc}") from exc
     objs: list[Any]
-    groups: tuple = ()
-    expired: tuple = ()
     if member == meta.data:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BuildError(f"{where}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+            raise BuildError(f"{where}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("packages"), list):
             raise BuildError(f"{where}: expected a JSON object with a 'packages' list")
         objs = doc["packages"]
-        groups = tuple(json.dumps(g, sort_keys=True) for g in doc.get("groups") or ())
-        expired = tuple(json.dumps(e, sort_keys=True) for e in doc.get("expired_packages") or ())
         kind = "data"
     else:
         objs = []
@@ -131,7 +125,7 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
             try:
                 objs.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise BuildError(f"{where}:{lineno}: bad JSON: {exc.msg}") from None
+                raise BuildError(f"{where}:{lineno}: bad JSON: {exc.msg}") from exc
         kind = "packagesite"
     packages: dict[str, RemotePackage] = {}
     for obj in objs:
@@ -142,4 +136,4 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
             raise BuildError(f"{where}: package {pkg.name} listed twice")
         packages[pkg.name] = pkg
     return Catalogue(repository=repository, url=url, meta=meta, kind=kind, digest=digest,
-                     packages=dict(sorted(packages.items())), groups=groups, expired=expired, built=built)
+                     packages=dict(sorted(packages.items())), built=built)

@@ -7,6 +7,7 @@ from pathlib import Path
 from builder.config.release import Repository
 from builder.errors import BuildError
 from builder.common import archive
+from builder.common.compress import sniff
 from builder.resolve import signature
 from builder.resolve.cache import Cache
 from builder.resolve.catalogue import Catalogue, Meta, RemotePackage, parse_catalogue
@@ -38,7 +39,7 @@ def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalog
         except NotFound:
             continue
         try:
-            archive.sniff(blob[:512])
+            sniff(blob[:512])
         except BuildError:
             continue  # a stand-in for a symlink (e.g. data.tzst holding "data.pkg")
         wanted = {member, member + ".sig", member + ".pub", "signature"}

@@ -77,7 +77,7 @@ class Lock:
                 arches[a] = ArchLock(abi=al["abi"], catalogues=al["catalogues"], packages=pkgs, flavours=al["flavours"])
             return cls(release=doc["release"], source_date_epoch=int(doc["source-date-epoch"]), arches=arches)
         except (KeyError, TypeError, ValueError) as exc:
-            raise BuildError(f"{source}: malformed lock file: {exc!r}") from None
+            raise BuildError(f"{source}: malformed lock file: {exc!r}") from exc
 
 
 def load_lock(path: Path) -> Optional[Lock]:
@@ -88,7 +88,7 @@ def load_lock(path: Path) -> Optional[Lock]:
     try:
         return Lock.from_json(json.loads(text), str(path))
     except json.JSONDecodeError as exc:
-        raise BuildError(f"{path}: not JSON: {exc}") from None
+        raise BuildError(f"{path}: not JSON: {exc}") from exc
 
 
 def write_lock(path: Path, lock: Lock) -> bool:

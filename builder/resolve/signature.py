@@ -46,7 +46,7 @@ def _verify_rsa(pem: bytes, signature: bytes, catalogue_sha256: str, what: str, 
     try:
         key = serialization.load_pem_public_key(pem)
     except ValueError as exc:
-        raise BuildError(f"{what}: cannot load public key {key_name}: {exc}") from None
+        raise BuildError(f"{what}: cannot load public key {key_name}: {exc}") from exc
     if not isinstance(key, rsa.RSAPublicKey):
         raise BuildError(f"{what}: key {key_name} is not an RSA key")
     # pkg writes the signature with a trailing NUL in some versions.
@@ -78,7 +78,7 @@ def verify(members: dict[str, bytes], catalogue_member: str, signature_type: str
         try:
             pem = Path(pubkey).read_bytes()
         except OSError as exc:
-            raise BuildError(f"{what}: cannot read pubkey {pubkey}: {exc.strerror}") from None
+            raise BuildError(f"{what}: cannot read pubkey {pubkey}: {exc.strerror}") from exc
         _verify_rsa(pem, sig, digest, what, str(pubkey))
         return f"pubkey {pubkey}"
     if signature_type == "fingerprints":

@@ -27,8 +27,8 @@ def parse(text: str, source: str) -> dict[str, object]:
         if value.startswith('"'):
             try:
                 out[key] = json.loads(value)
-            except json.JSONDecodeError:
-                raise BuildError(f"{source}:{lineno}: bad string {value!r}") from None
+            except json.JSONDecodeError as exc:
+                raise BuildError(f"{source}:{lineno}: bad string {value!r}") from exc
         elif re.fullmatch(r"-?[0-9]+", value):
             out[key] = int(value)
         elif value.lower() in ("true", "yes", "on"):

@@ -121,16 +121,14 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
     for fname in names:
         meta = metas[fname]
         built = [by_key[(fname, a)] for a in ctx.arches]
-        manifests = {dict(i.manifest.platform)["architecture"]: i.manifest for i in built}
-        # Building some arches keeps the other arches already in the layout's index.
+        # Building some arches keeps the other platforms already in the layout's index.
+        kept: list[Descriptor] = []
         old = existing.get(f"{meta.name}:{meta.tags[0]}") if meta.tags else None
         if old is not None and old.media_type == INDEX_MT and layout.has_blob(old.digest):
-            for m in layout.read_json(old.digest).get("manifests", []):
-                d = Descriptor.from_json(m)
-                arch_name = dict(d.platform or ()).get("architecture")
-                if arch_name and arch_name not in manifests and layout.has_blob(d.digest):
-                    manifests[arch_name] = d
-        idx = layout.put_json(oci.index(list(manifests.values()), oci.index_annotations(meta)), INDEX_MT)
+            kept = [d for d in map(Descriptor.from_json, layout.read_json(old.digest).get("manifests", []))
+                    if layout.has_blob(d.digest)]
+        merged = oci.merge_platforms(kept, [i.manifest for i in built])
+        idx = layout.put_json(oci.index(merged, oci.index_annotations(meta)), INDEX_MT)
         indexes[meta.name] = idx
         for tag in meta.tags:
             refs[f"{meta.name}:{tag}"] = idx
@@ -139,18 +137,6 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             refs[f"{meta.name}:{meta.tags[0]}-{img.platform}"] = img.manifest
     layout.set_refs(refs)
     return ReleaseBuild(ctx.release.name, layout.root, epoch, images, indexes, refs, results, layout.written)
-
-
-def ref_manifests(layout: Layout, ref: str) -> list[tuple[Descriptor, dict]]:
-    """The platform manifests a ref names (one for a manifest ref, each arch for an index)."""
-    refs = layout.refs()
-    if ref not in refs:
-        raise BuildError(f"{layout.root}: no ref {ref!r}; refs: {', '.join(sorted(refs))}")
-    d = refs[ref]
-    if d.media_type == INDEX_MT:
-        return [(Descriptor.from_json(m), layout.read_json(m["digest"]))
-                for m in layout.read_json(d.digest)["manifests"]]
-    return [(d, layout.read_json(d.digest))]
 
 
 def human_size(n: int) -> str:
