@@ -4,7 +4,12 @@
 #   make test                         the test suite
 #   make freebsd14.2-minimal ARCH=arm64   one image (ARCH defaults to all arches of the release)
 
-PYTHON      ?= python3
+# Everything runs in a virtual environment made on first use from the host's python3,
+# with the exact versions of constraints.txt (make VENV=/other/path to put it elsewhere).
+HOST_PYTHON ?= python3
+VENV        ?= .venv
+PYTHON      := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
 FI          := $(PYTHON) -m builder
 RELEASE     ?= 14.2
 ARCH        ?=
@@ -14,21 +19,33 @@ DEMO_MIRROR ?= build/mirror
 # MIRROR=release: the URLs in releases/*.yaml; anything else: that mirror root (KEYS to trust it).
 MIRROR      ?=
 KEYS        ?=
-SOURCE_DATE_EPOCH ?= 1731456000
-export SOURCE_DATE_EPOCH
 
 # Locks made against the generated demo mirror live under build/, not releases/.
 DEMO_ARGS   = --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_MIRROR))/keys --lock-dir build/locks
 MIRROR_ARGS = $(if $(MIRROR),$(if $(filter release,$(MIRROR)),,--mirror $(MIRROR) $(if $(KEYS),--keys $(KEYS),)),$(DEMO_ARGS))
 ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
 
-.PHONY: help demo test check plan bench verify clean mirror
+.PHONY: help demo test check plan bench verify clean mirror venv
+
+# A venv made without ensurepip (Debian's python3 without python3-venv) gets pip from the host's pip.
+$(STAMP): pyproject.toml constraints.txt
+	@$(HOST_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { echo "python3 >= 3.9 needed"; exit 1; }
+	@test -x $(PYTHON) || $(HOST_PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); $(HOST_PYTHON) -m venv --without-pip $(VENV); }
+	@if $(PYTHON) -m pip --version >/dev/null 2>&1; then \
+	  $(PYTHON) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'; \
+	else \
+	  $(HOST_PYTHON) -m pip --python $(PYTHON) install -q --disable-pip-version-check -c constraints.txt -e '.[test]' \
+	  || { echo "cannot install into $(VENV): install python3-venv (Debian) or pip"; exit 1; }; \
+	fi
+	@touch $@
+
+venv: $(STAMP)  ## make the virtual environment (done by every target that needs it)
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
 	@echo "freebsdR-FLAVOUR      build one image, e.g. make freebsd14-minimal ARCH=arm64"
 
-$(DEMO_MIRROR)/.release-%:
+$(DEMO_MIRROR)/.release-%: $(STAMP)
 	$(FI) generate $* --out $(DEMO_MIRROR)
 	@touch $@
 
@@ -39,25 +56,25 @@ mirror: $(DEMO_MIRROR)/keys/repo.pub  ## generate the offline demo mirror (if ab
 demo: mirror  ## build the whole family for $(RELEASE), both arches, from the offline mirror
 	$(FI) build --release $(RELEASE) --all --out $(OUT) $(DEMO_ARGS)
 
-test:  ## run the test suite
+test: $(STAMP)  ## run the test suite
 	$(PYTHON) -m pytest -n auto -q
 
-check:  ## validate families.yaml and releases/
+check: $(STAMP)  ## validate families.yaml and releases/
 	$(FI) check
 
-plan:  ## show every target and its packages
+plan: $(STAMP)  ## show every target and its packages
 	$(FI) plan
 
-bench:  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
+bench: $(STAMP)  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
 	$(PYTHON) -m builder.runs.bench
 
 verify: mirror  ## build the demo family twice under perturbation and diff
 	$(FI) verify --release $(RELEASE) --all $(DEMO_ARGS)
 
-freebsd%:  ## build one image, e.g. make freebsd14-minimal ARCH=arm64
+freebsd%: $(STAMP)  ## build one image, e.g. make freebsd14-minimal ARCH=arm64
 	@rel=$$(echo $@ | sed -E 's/^freebsd([0-9.]+)-.*/\1/'); \
 	if [ -z "$(MIRROR)" ] && [ ! -f $(DEMO_MIRROR)/.release-$$rel ]; then $(MAKE) --no-print-directory $(DEMO_MIRROR)/.release-$$rel; fi
 	$(FI) build $@ $(ARCH_ARGS) --out $(OUT) $(MIRROR_ARGS)
 
-clean:  ## remove build outputs (not the download cache)
+clean:  ## remove build outputs (not the download cache, not .venv)
 	rm -rf build

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import have
 from builder.cli import main
 from builder.prove.diff import diff
 from builder.oci.layout import Layout, canonical
@@ -152,7 +153,7 @@ def test_diff_names_the_injected_difference(original, tmp_path, case):
     # the JSON form says the same, and the CLI exits 1
     assert main(["diff", "--json", str(original), str(mutated)]) == 1
     # diffoscope, independently, finds differences in the same layer (and the same file)
-    if shutil.which("diffoscope"):
+    if have("diffoscope"):
         a, b = Layout(original).blob_path(old), Layout(mutated).blob_path(new)
         r = run(["diffoscope", "--no-progress", "--text", "-", str(a), str(b)])
         assert r.returncode == 1, r.stderr

@@ -11,7 +11,8 @@ from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
 from tests.buildutil import demo_project
 from tests.conftest import ROOT
-from tests.test_oci import missing, registry  # noqa: F401  (the registry fixture)
+from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
+from tests.tools import require
 
 RELEASE = "14.2"
 
@@ -22,8 +23,8 @@ def night(project, out, env):
     return json.loads((out / "report" / "report.json").read_text())["releases"][0], (out / "report" / "report.md").read_text()
 
 
-@pytest.mark.skipif(bool(missing), reason=f"not installed: {missing}")
 def test_nightly_end_to_end(tmp_path, registry):  # noqa: F811
+    require(*TOOLS)
     mirror = tmp_path / "mirror"
     rel = load_release(ROOT / "releases" / f"{RELEASE}.yaml", ROOT)
     generate(rel, mirror, opts=GenOptions())

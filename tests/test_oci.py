@@ -23,11 +23,18 @@ from builder.oci.registry import Registry, publish, targets_in_layout
 from tests.buildutil import context, demo_project, run
 from tests.conftest import ROOT
 from tests.registry import AuthProxy, RegistryServer
+from tests.tools import have, require
 
 RELEASE = "14.2"
 TOOLS = ("skopeo", "umoci", "oci-image-tool", "docker-registry")
-missing = [t for t in TOOLS if not shutil.which(t)]
-needs_tools = pytest.mark.skipif(bool(missing), reason=f"not installed: {missing} (.ci/run installs them)")
+
+
+@pytest.fixture
+def needs_tools_fixture():
+    require(*TOOLS)
+
+
+needs_tools = pytest.mark.usefixtures("needs_tools_fixture")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +51,7 @@ def family(demo_mirror, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    if missing:
-        pytest.skip(f"not installed: {missing}")
+    require("docker-registry")
     srv = RegistryServer(tmp_path_factory.mktemp("registry"))
     yield srv
     srv.stop()
@@ -152,7 +158,7 @@ def test_release_archives_are_deterministic_and_loadable(family, tmp_path):
         names = t.getnames()
         assert {"oci-layout", "index.json"} <= set(names)
         assert all(m.mtime == rb.epoch and m.uid == 0 for m in t.getmembers())
-    if shutil.which("skopeo"):
+    if have("skopeo"):
         r = skopeo("inspect", "--raw", f"oci-archive:{arc}")
         assert r.returncode == 0, r.stderr
         img = next(i for i in rb.images if i.flavour == "minimal" and i.arch == "amd64")
@@ -253,7 +259,7 @@ def test_sigkill_mid_build_leaves_previous_layout_valid(demo_mirror, tmp_path):
     for d in reachable:
         assert layout.has_blob(d)
         assert hashlib.sha256(layout.blob_path(d).read_bytes()).hexdigest() == d.split(":")[1]
-    if shutil.which("skopeo"):
+    if have("skopeo"):
         assert skopeo("inspect", "--raw", f"oci:{layout.root}:freebsd{RELEASE}-small:{RELEASE}").returncode == 0
     # the next build completes, and gc clears the dead temporary blob
     r = subprocess.run(base, env=env, capture_output=True, text=True)
