@@ -40,8 +40,9 @@ def manifests(layout: Layout, image: str, arch: str = "amd64") -> dict:
 
 
 def layer_members(layout: Layout, digest: str) -> list[tarfile.TarInfo]:
-    with layout.open_blob(digest) as fh:
-        with tarfile.open(fileobj=fh, mode="r|gz") as tar:
+    # gzip.GzipFile reads every member of a multi-member layer; tarfile's own "r|gz" stops after the first.
+    with layout.open_blob(digest) as fh, gzip.GzipFile(fileobj=fh) as gz:
+        with tarfile.open(fileobj=gz, mode="r|") as tar:
             return [m for m in tar]
 
 

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import math
-import tarfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -136,7 +135,7 @@ def build_package(pkg: GenPackage, abi: str, arch: str, version: str, deps: dict
     if pkg.scripts:
         manifest["scripts"] = dict(pkg.scripts)
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarutil.TarWriter(buf) as tar:
         for name, doc in (("+COMPACT_MANIFEST", compact), ("+MANIFEST", manifest)):
             raw = json.dumps(doc, separators=(",", ":")).encode()
             tar.addfile(tarutil.info(name, "file", size=len(raw), mode=0o644, mtime=0), io.BytesIO(raw))
@@ -177,7 +176,7 @@ def _sign_archive(member: str, content: bytes, mode: str, level: int, mtime: int
     digest = hashlib.sha256(content).hexdigest().encode()
     sig = key.sign(digest, padding.PKCS1v15(), hashes.SHA256())
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarutil.TarWriter(buf) as tar:
         if mode == "fingerprints":
             pub = demo_public_pem()
             tar.addfile(tarutil.info(member + ".sig", "file", size=len(sig)), io.BytesIO(sig))

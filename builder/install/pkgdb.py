@@ -1,25 +1,27 @@
 """/var/db/pkg/local.sqlite, written as pkg registers packages, byte-deterministic.
 
 Rows follow what pkg 2.0 writes on ``pkg install`` (checked against a real
-database in the tests). The file is built in one transaction, vacuumed into a
-fresh file, and the header fields that record the writer rather than the
-content (change counter, SQLite version) are pinned.
+database in the tests). The file is built in one transaction and vacuumed
+into a fresh file by the SQLite that apsw bundles at the version pinned in
+constraints.txt, never the host's: two SQLite releases lay out the b-tree
+pages of the same rows differently, so the file's bytes are a function of the
+rows only while the writer is fixed (the golden digests guard it).
 """
 from __future__ import annotations
 
 import os
-import sqlite3
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from typing import Optional
+
+import apsw
 
 from builder.resolve.checksum import manifest_digest
 
 SCRIPT_TYPES = {"pre-install": 0, "post-install": 1, "pre-deinstall": 2, "post-deinstall": 3,
                 "pre-upgrade": 4, "post-upgrade": 5, "install": 6, "deinstall": 7, "upgrade": 8}
 LICENSE_LOGIC = {"single": 1, "or": ord("|"), "dual": ord("|"), "and": ord("&"), "multi": ord("&")}
-PINNED_SQLITE_VERSION = 3040001   # header offset 96: the "library that wrote it", pinned
 SUPPORTED_SCHEMAS = (36,)
 
 
@@ -60,13 +62,17 @@ def install_order(regs: list[Registration]) -> list[Registration]:
     return [by[n] for n in done]
 
 
-def _intern(cur: sqlite3.Cursor, table: str, column: str, value: str, id_column: str = "id") -> int:
+def writer_version() -> str:
+    """What writes local.sqlite, for the image's build-environment record."""
+    return f"sqlite {apsw.sqlite_lib_version()} (apsw {apsw.apswversion()})"
+
+
+def _intern(cur: apsw.Cursor, table: str, column: str, value: str, id_column: str = "id") -> int:
     cur.execute(f"INSERT OR IGNORE INTO {table} ({column}) VALUES (?)", (value,))
-    cur.execute(f"SELECT {id_column} FROM {table} WHERE {column} = ?", (value,))
-    return cur.fetchone()[0]
+    return cur.execute(f"SELECT {id_column} FROM {table} WHERE {column} = ?", (value,)).fetchone()[0]
 
 
-def _register(cur: sqlite3.Cursor, reg: Registration, epoch: int) -> None:
+def _register(cur: apsw.Cursor, reg: Registration, epoch: int) -> None:
     m = reg.manifest
     deps = m.get("deps") or {}
     digest = manifest_digest(
@@ -84,7 +90,7 @@ def _register(cur: sqlite3.Cursor, reg: Registration, epoch: int) -> None:
          m.get("abi", ""), m.get("maintainer", ""), m.get("www"), m.get("prefix", "/"),
          int(m.get("flatsize", 0)), 1 if reg.automatic else 0,
          LICENSE_LOGIC.get(m.get("licenselogic", "single"), 1), epoch, digest, 1 if m.get("vital") else 0))
-    pid = cur.lastrowid
+    pid = cur.connection.last_insert_rowid()
     for kind, script in (m.get("scripts") or {}).items():
         sid = _intern(cur, "script", "script", script, "script_id")
         cur.execute("INSERT INTO pkg_script (package_id, type, script_id) VALUES (?,?,?)", (pid, SCRIPT_TYPES[kind], sid))
@@ -123,21 +129,12 @@ def _register(cur: sqlite3.Cursor, reg: Registration, epoch: int) -> None:
                     (path, content.decode("utf-8", "surrogateescape"), pid))
 
 
-def _pin_header(path: str) -> None:
-    with open(path, "r+b") as fh:
-        fh.seek(24)
-        fh.write((1).to_bytes(4, "big"))             # file change counter
-        fh.seek(92)
-        fh.write((1).to_bytes(4, "big"))             # version-valid-for (= change counter)
-        fh.write(PINNED_SQLITE_VERSION.to_bytes(4, "big"))
-
-
 def build_pkgdb(regs: list[Registration], epoch: int, user_version: int = 36,
                 tmpdir: Optional[str] = None) -> bytes:
     ddl = schema_sql(user_version)
     with tempfile.TemporaryDirectory(dir=tmpdir) as d:
         work, final = os.path.join(d, "work.sqlite"), os.path.join(d, "local.sqlite")
-        con = sqlite3.connect(work, isolation_level=None)
+        con = apsw.Connection(work)
         try:
             con.execute("PRAGMA page_size = 4096")
             con.execute("PRAGMA journal_mode = DELETE")
@@ -155,7 +152,6 @@ def build_pkgdb(regs: list[Registration], epoch: int, user_version: int = 36,
             con.execute("VACUUM INTO ?", (final,))
         finally:
             con.close()
-        _pin_header(final)
         with open(final, "rb") as fh:
             return fh.read()
 
@@ -168,22 +164,22 @@ def read_rows(path: str, ignore: tuple[str, ...] = ("time",)) -> dict[str, list[
     dropped, so two databases with the same content compare equal whatever
     order their rows were inserted in. Used by the tests and by ``diff``.
     """
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
         value_of: dict[str, tuple[str, str]] = {}      # table -> (id column, value column)
         for t in tables:
-            cols = con.execute(f"PRAGMA table_info({t})").fetchall()
+            cols = list(con.execute(f"PRAGMA table_info({t})"))
             pk = [c[1] for c in cols if c[5] == 1 and c[2].upper() == "INTEGER"]
             texts = [c[1] for c in cols if c[2].upper() == "TEXT"]
             if len(pk) == 1 and texts:
                 value_of[t] = (pk[0], "name" if "name" in texts else texts[0])
         lookup: dict[str, dict[int, str]] = {
-            t: dict(con.execute(f"SELECT {idc}, {vc} FROM {t}").fetchall()) for t, (idc, vc) in value_of.items()}
+            t: dict(con.execute(f"SELECT {idc}, {vc} FROM {t}")) for t, (idc, vc) in value_of.items()}
         out: dict[str, list[dict]] = {}
         for t in tables:
-            cols = [c[1] for c in con.execute(f"PRAGMA table_info({t})").fetchall()]
-            fks = {fk[3]: fk[2] for fk in con.execute(f"PRAGMA foreign_key_list({t})").fetchall()}
+            cols = [c[1] for c in con.execute(f"PRAGMA table_info({t})")]
+            fks = {fk[3]: fk[2] for fk in con.execute(f"PRAGMA foreign_key_list({t})")}
             drop = {value_of[t][0]} if t in value_of else set()
             rows = []
             for row in con.execute(f"SELECT * FROM {t}"):
@@ -197,5 +193,13 @@ def read_rows(path: str, ignore: tuple[str, ...] = ("time",)) -> dict[str, list[
                 rows.append(d)
             out[t] = sorted(rows, key=lambda d: repr(sorted(d.items())))
         return out
+    finally:
+        con.close()
+
+
+def user_version(path: str) -> int:
+    con = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return con.execute("PRAGMA user_version").fetchone()[0]
     finally:
         con.close()

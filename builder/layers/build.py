@@ -37,6 +37,7 @@ class BuildOptions:
     epoch: int
     compression: str = "gzip"     # gzip | zstd
     squash: bool = False          # one layer per image instead of one per flavour
+    workers: int = 1              # compression threads: speed only, never the bytes
 
 
 @dataclass
@@ -237,7 +238,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
         else:
             nodes, whiteouts = delta(prev.fs, fs)
             base_layers, base_history = list(prev.layers), list(prev.history)
-        info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression))
+        info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression, opts.workers))
         results[fname] = FlavourResult(
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,

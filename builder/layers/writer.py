@@ -1,9 +1,11 @@
 """Write an OCI layer tar from filesystem nodes, deterministically.
 
-PAX tar with only the fields we set (no atime/ctime, numeric ids and names),
-paths sorted so that parents come first, hard links as links, gzip with a
-pinned header (no name, mtime 0, OS 3) or zstd. The uncompressed stream's
-sha256 is the diff_id, the compressed one's the blob digest.
+Tar headers come from builder.common.tarutil (every field set by us, PAX only
+where ustar cannot hold a value), paths sorted so that parents come first,
+hard links as links. The stream is compressed in fixed 4 MiB blocks
+(gzip members by the pinned libdeflate, or zstd frames), in parallel, in
+order. The uncompressed stream's sha256 is the diff_id, the compressed
+one's the blob digest.
 
 Package contents are read back in sorted order from a decompressed spool of
 each package (a temporary uncompressed tar, deleted after the layer), so
@@ -11,7 +13,6 @@ memory stays flat however large the layer is.
 """
 from __future__ import annotations
 
-import io
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -22,11 +23,10 @@ from typing import BinaryIO, Optional
 from builder.common import tarutil
 from builder.errors import BuildError
 from builder.install.fsmodel import Node
-from builder.common.compress import Gzip, Zstd, decompressing
+from builder.common.compress import BlockCompressor, decompressing
 from builder.common.hashing import HashingWriter
 
-GZIP_LEVEL = 6
-ZSTD_LEVEL = 9
+LEVELS = {"gzip": 6, "zstd": 9}
 MEDIA_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
                "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
 
@@ -102,9 +102,9 @@ class _PackageSpool:
 
 
 def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages: dict[str, Path],
-                ids: IdMap, epoch: int, compression: str = "gzip") -> LayerInfo:
+                ids: IdMap, epoch: int, compression: str = "gzip", workers: int = 1) -> LayerInfo:
     compressed = HashingWriter(out)
-    comp = Gzip(compressed, GZIP_LEVEL) if compression == "gzip" else Zstd(compressed, ZSTD_LEVEL)
+    comp = BlockCompressor(compressed, compression, LEVELS[compression], workers)
     plain = HashingWriter(comp)
     spool = _PackageSpool(packages)
     entries: list[tuple[tuple[str, ...], str, Optional[Node]]] = [(sort_key(n.path), n.path, n) for n in nodes]
@@ -117,7 +117,7 @@ def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages
     first_of: dict[tuple[str, str], str] = {}
     count = 0
     try:
-        with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarutil.TarWriter(plain) as tar:
             for _, path, node in entries:
                 name = path.lstrip("/")
                 count += 1
@@ -142,7 +142,7 @@ def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages
                     first_of[group] = path
                     ti = tarutil.info(name, "file", size=node.size, **common)
                     if node.data is not None:
-                        tar.addfile(ti, io.BytesIO(node.data))
+                        tar.addfile(ti, node.data)
                     else:
                         src_path = node.target if node.kind == "hardlink" else node.path
                         tar.addfile(ti, spool.read(node.source[4:], src_path))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 from pathlib import Path
 
 from builder.common import tarutil
@@ -43,7 +42,7 @@ def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: i
     meta = dict(mtime=epoch, uname="root", gname="wheel")
     with atomic_output(dest) as out:
         xz = Xz(out, XZ_PRESET)
-        with tarfile.open(fileobj=xz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarutil.TarWriter(xz) as tar:
             tar.addfile(tarutil.info("blobs", "dir", mode=0o755, **meta))
             tar.addfile(tarutil.info("blobs/sha256", "dir", mode=0o755, **meta))
             for d in blobs:

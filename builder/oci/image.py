@@ -9,12 +9,16 @@ import datetime
 from dataclasses import dataclass
 from typing import Optional
 
+from builder import FORMAT_VERSION
+from builder.common import compress
 from builder.config.family import ImageConfig
+from builder.install import pkgdb
 from builder.config.release import Arch
 from builder.oci.layout import INDEX_MT, MANIFEST_MT, Descriptor
 
 TOOL = "freebsd-images"
 ANN = "org.opencontainers.image."
+BUILD_ENV = "org.freebsd.images.build-environment"
 
 
 def rfc3339(epoch: int) -> str:
@@ -33,6 +37,13 @@ class ImageMeta:
     config: ImageConfig
     tags: tuple[str, ...]     # every tag, immutable first
     base_name: Optional[str] = None   # the parent flavour's image reference
+    build_env: str = ""               # what shaped the bytes besides the inputs (build_environment)
+
+
+def build_environment(compression: str) -> str:
+    """The writers whose versions shape an image's bytes, so that `diff` can name them when they differ."""
+    return (f"format {FORMAT_VERSION}; layers {compression}: {compress.versions()[compression]}; "
+            f"pkg database: {pkgdb.writer_version()}")
 
 
 def platform(arch: Arch) -> tuple[tuple[str, str], ...]:
@@ -83,6 +94,8 @@ def annotations(meta: ImageMeta, base_digest: Optional[str] = None) -> tuple[tup
     for k in ("licenses", "vendor", "url", "source"):
         if ANN + k in labels:
             a[ANN + k] = labels[ANN + k]
+    if meta.build_env:
+        a[BUILD_ENV] = meta.build_env
     if meta.base_name and base_digest:
         a[ANN + "base.name"] = meta.base_name
         a[ANN + "base.digest"] = base_digest

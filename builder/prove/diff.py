@@ -25,6 +25,7 @@ from typing import Optional
 from builder.install import bdb
 from builder.errors import BuildError
 from builder.common.compress import decompressing
+from builder.install.pkgdb import read_rows, user_version
 from builder.oci.layout import INDEX_MT, Descriptor, Layout
 
 TEXT_DIFF_LINES = 40
@@ -221,16 +222,13 @@ def _content_detail(path: str, a: bytes, b: bytes) -> list[tuple[str, str, objec
 
 
 def _sqlite_diff(a: bytes, b: bytes) -> list:
-    from builder.install.pkgdb import read_rows
     with tempfile.TemporaryDirectory() as d:
         pa, pb = os.path.join(d, "a.sqlite"), os.path.join(d, "b.sqlite")
         Path(pa).write_bytes(a)
         Path(pb).write_bytes(b)
         try:
             ra, rb = read_rows(pa, ignore=()), read_rows(pb, ignore=())
-            import sqlite3
-            va = sqlite3.connect(pa).execute("PRAGMA user_version").fetchone()[0]
-            vb = sqlite3.connect(pb).execute("PRAGMA user_version").fetchone()[0]
+            va, vb = user_version(pa), user_version(pb)
         except Exception as exc:
             return [("content", f"not readable as SQLite: {exc}", None, None)]
     out = []

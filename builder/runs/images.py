@@ -5,6 +5,7 @@ config, manifests and indexes -> refs in the layout's index.json (last).
 """
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,24 +54,39 @@ class ReleaseBuild:
     refs: dict[str, Descriptor]
     results: dict[str, dict[str, FlavourResult]]  # arch -> flavour -> result (filesystem models)
     blobs_written: int = 0
+    epoch_source: str = "lock"          # lock | SOURCE_DATE_EPOCH | --epoch
 
 
 def layout_dir(out: Path, release: str) -> Path:
     return Path(out) / release
 
 
-def build_epoch(lock: Lock) -> int:
+def build_epoch(lock: Lock, explicit: Optional[int] = None) -> tuple[int, str]:
+    """The epoch every time in the images comes from, and where it came from.
+
+    The lock's epoch unless overridden on purpose (--epoch, or SOURCE_DATE_EPOCH set
+    in the environment); an override is reported, because it changes every digest.
+    """
+    if explicit is not None:
+        return explicit, "--epoch"
     e = epoch_override()
-    return e if e is not None else lock.source_date_epoch
+    if e is not None:
+        return e, "SOURCE_DATE_EPOCH"
+    return lock.source_date_epoch, "lock"
 
 
 def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[str]] = None,
                   compression: str = "gzip", squash: bool = False, jobs: int = 2,
-                  log=lambda msg: print(msg, file=sys.stderr)) -> ReleaseBuild:
+                  log=lambda msg: print(msg, file=sys.stderr), epoch: Optional[int] = None,
+                  workers: int = os.cpu_count() or 1) -> ReleaseBuild:
     family = ctx.project.family
     declared = ctx.project.release(ctx.release.name)   # URLs as declared, not the mirror's
-    epoch = build_epoch(lock)
-    opts = BuildOptions(epoch=epoch, compression=compression, squash=squash)
+    epoch, epoch_source = build_epoch(lock, epoch)
+    if epoch_source != "lock":
+        log(f"{ctx.release.name}: SOURCE_DATE_EPOCH {epoch} from {epoch_source} overrides the lock's "
+            f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
+    opts = BuildOptions(epoch=epoch, compression=compression, squash=squash, workers=workers)
+    build_env = oci.build_environment(compression)
     layout = Layout(layout_dir(out, ctx.release.name)).init()
 
     def sink(write):
@@ -103,7 +119,8 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             parent = family.flavours[fname].parent
             base_name = f"{declared.render_name(parent)}:{immutable[0] if immutable else res.version}" if parent else None
             meta = oci.ImageMeta(name=name, flavour=fname, description=res.description, version=res.version,
-                                 epoch=epoch, config=res.config, tags=tags, base_name=base_name)
+                                 epoch=epoch, config=res.config, tags=tags, base_name=base_name,
+                                 build_env=build_env)
             metas[fname] = meta
             cfg = layout.put_json(oci.image_config(meta, a, [l.diff_id for l in res.layers], res.history), CONFIG_MT)
             layers = [Descriptor(l.media_type, l.digest, l.size) for l in res.layers]
@@ -136,7 +153,8 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             # one ref per platform manifest: what single-image tools (umoci, oci-image-tool) open
             refs[f"{meta.name}:{meta.tags[0]}-{img.platform}"] = img.manifest
     layout.set_refs(refs)
-    return ReleaseBuild(ctx.release.name, layout.root, epoch, images, indexes, refs, results, layout.written)
+    return ReleaseBuild(ctx.release.name, layout.root, epoch, images, indexes, refs, results, layout.written,
+                        epoch_source)
 
 
 def human_size(n: int) -> str:
