@@ -25,7 +25,7 @@ DEMO_ARGS   = --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_
 MIRROR_ARGS = $(if $(MIRROR),$(if $(filter release,$(MIRROR)),,--mirror $(MIRROR) $(if $(KEYS),--keys $(KEYS),)),$(DEMO_ARGS))
 ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
 
-.PHONY: help demo test check plan bench verify clean mirror venv
+.PHONY: help demo test check plan bench verify clean mirror venv golden
 
 # A venv made without ensurepip (Debian's python3 without python3-venv) gets pip from the host's pip.
 $(STAMP): pyproject.toml constraints.txt
@@ -67,6 +67,9 @@ plan: $(STAMP)  ## show every target and its packages
 
 bench: $(STAMP)  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
 	$(PYTHON) -m builder.runs.bench
+
+golden: $(STAMP)  ## rewrite tests/fixtures/golden/ (expected digests of the demo family): a format change
+	$(PYTHON) -m tests.golden
 
 verify: mirror  ## build the demo family twice under perturbation and diff
 	$(FI) verify --release $(RELEASE) --all $(DEMO_ARGS)

@@ -219,6 +219,10 @@ def _build_args(p) -> None:
     p.add_argument("--archives", action="store_true", help="also write release archives and CHECKSUM files")
     p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
     p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="compression threads (default: every core; never changes the bytes)")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="SOURCE_DATE_EPOCH for this build instead of the lock's (changes every digest)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_release_options(p, release_positional=False)
 
@@ -241,7 +245,7 @@ def cmd_build(args) -> int:
         ctx = _context(args, rel)
         lock = ctx.ensure_lock(args.update, out.warn)
         rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
-                           log=out.log)
+                           log=out.log, epoch=args.epoch, workers=args.workers)
         if args.archives:
             for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
                 out.log(f"wrote {path}")
@@ -249,7 +253,8 @@ def cmd_build(args) -> int:
             rows.append([f"{img.name}:{img.tags[0]}", img.platform, str(len(img.layers)), human_size(img.size),
                          img.manifest.digest])
             doc.append(img.to_json() | {"layout": str(rb.layout), "index": rb.indexes[img.name].digest})
-        out.log(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch})")
+        out.log(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch} "
+                f"from {rb.epoch_source})")
     if args.json:
         print(json.dumps({"images": doc}, indent=2))
     else:

@@ -6,11 +6,12 @@ links, symlinks and setuid files. Payload sizes grow with ``scale``.
 """
 from __future__ import annotations
 
-import gzip
+
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
 
+from builder.common.compress import gzip_member
 from builder.gen.payload import Filler, ca_certificate, elf_file, tzif
 
 PWD_SCRIPT = ("pwd_mkdb -i -p -d ${PKG_ROOTDIR}/etc ${PKG_ROOTDIR}/etc/master.passwd\n"
@@ -223,7 +224,7 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
     utilities_man = GenPackage(
         "FreeBSD-utilities-man", "base/utilities-man", "Non-vital programs and libraries (Manual Pages)",
         deps=("FreeBSD-utilities",),
-        files=[GenFile(f"/usr/share/man/man1/{n}.1.gz", data=gzip.compress(f".Dd\n.Dt {n.upper()} 1\n".encode(), mtime=0))
+        files=[GenFile(f"/usr/share/man/man1/{n}.1.gz", data=gzip_member(f".Dd\n.Dt {n.upper()} 1\n".encode(), 9))
                for n in util_bins[:5]])
     runtime_dbg = GenPackage(
         "FreeBSD-runtime-dbg", "base/runtime-dbg", "FreeBSD Base System (Debugging Symbols)", deps=("FreeBSD-runtime",),
@@ -243,7 +244,7 @@ def ports_packages(arch: str, seed: str, abi_version: str) -> list[GenPackage]:
         files=[_exe("/usr/local/sbin/pkg", arch, f, 6 * 1024), _exe("/usr/local/sbin/pkg-static", arch, f, 12 * 1024),
                _lib("/usr/local/lib/libpkg.so.4", arch, f, 8 * 1024),
                GenFile("/usr/local/etc/pkg.conf.sample", data=b"# pkg.conf: see pkg.conf(5)\n", mode=0o644),
-               GenFile("/usr/local/share/man/man8/pkg.8.gz", data=gzip.compress(b".Dd\n.Dt PKG 8\n", mtime=0), mode=0o444)],
+               GenFile("/usr/local/share/man/man8/pkg.8.gz", data=gzip_member(b".Dd\n.Dt PKG 8\n", 9), mode=0o444)],
         shlibs_required=("libc.so.7", "libcrypto.so.30", "libssl.so.30"), shlibs_provided=("libpkg.so.4",),
         bulk_kb=40, bulk_dir="/usr/local/libexec/pkg")
     pkg.desc = "Package manager."

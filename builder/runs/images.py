@@ -54,7 +54,7 @@ class ReleaseBuild:
     refs: dict[str, Descriptor]
     results: dict[str, dict[str, FlavourResult]]  # arch -> flavour -> result (filesystem models)
     blobs_written: int = 0
-    epoch_source: str = "lock"          # lock | SOURCE_DATE_EPOCH | --epoch
+    epoch_source: str = "the lock"      # the lock | the environment | --epoch
 
 
 def layout_dir(out: Path, release: str) -> Path:
@@ -71,8 +71,8 @@ def build_epoch(lock: Lock, explicit: Optional[int] = None) -> tuple[int, str]:
         return explicit, "--epoch"
     e = epoch_override()
     if e is not None:
-        return e, "SOURCE_DATE_EPOCH"
-    return lock.source_date_epoch, "lock"
+        return e, "the environment"
+    return lock.source_date_epoch, "the lock"
 
 
 def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[str]] = None,
@@ -82,7 +82,7 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
     family = ctx.project.family
     declared = ctx.project.release(ctx.release.name)   # URLs as declared, not the mirror's
     epoch, epoch_source = build_epoch(lock, epoch)
-    if epoch_source != "lock":
+    if epoch_source != "the lock":
         log(f"{ctx.release.name}: SOURCE_DATE_EPOCH {epoch} from {epoch_source} overrides the lock's "
             f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
     opts = BuildOptions(epoch=epoch, compression=compression, squash=squash, workers=workers)

@@ -101,7 +101,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     if registry:
         write_lock(published_lock_path, lock)
     stats = registry.stats if registry else None
-    return {"release": rel, "source_date_epoch": rb.epoch, "layout": str(rb.layout), "outdated": fresh,
+    return {"release": rel, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh,
             "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
             "images": images, "published": pushed_any,
             "push": stats.to_json() if stats else None}
@@ -111,7 +111,7 @@ def markdown(report: dict) -> str:
     lines = ["# FreeBSD container images: nightly report", ""]
     for r in report["releases"]:
         rep = {True: "reproducible", False: "**NOT reproducible**", None: "not verified"}[r["reproducible"]]
-        lines += [f"## {r['release']}", "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']}; {rep}.", ""]
+        lines += [f"## {r['release']}", "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']} (from {r['epoch_source']}); {rep}.", ""]
         if r["changed_since_last_publish"]:
             lines += ["Packages changed since the last publish:", ""]
             lines += [f"- {c['package']} {c['old'] or '(new)'} \u2192 {c['new'] or '(removed)'} ({', '.join(c['arches'])})"
