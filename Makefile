@@ -22,7 +22,7 @@ DEMO_ARGS   = --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_
 MIRROR_ARGS = $(if $(MIRROR),$(if $(filter release,$(MIRROR)),,--mirror $(MIRROR) $(if $(KEYS),--keys $(KEYS),)),$(DEMO_ARGS))
 ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
 
-.PHONY: help demo test check plan bench verify clean mirror
+.PHONY: help demo test check plan bench verify clean mirror ci-check
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
@@ -44,6 +44,11 @@ test:  ## run the test suite
 
 check:  ## validate families.yaml and releases/
 	$(FI) check
+
+ci-check:  ## the GitHub workflow: current, valid for GitHub's schema, clean for zizmor (pip install -e '.[test]')
+	$(FI) ci render --check
+	check-jsonschema --builtin-schema vendor.github-workflows ci/github-nightly.yml
+	zizmor --offline --persona auditor ci/github-nightly.yml
 
 plan:  ## show every target and its packages
 	$(FI) plan
