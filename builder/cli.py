@@ -71,7 +71,8 @@ def add_release_options(p: argparse.ArgumentParser, release_positional: bool = T
         p.add_argument("release", help="release name, e.g. 14.2")
     p.add_argument("--arch", action="append", help="only this arch, FreeBSD or OCI name (repeatable)")
     p.add_argument("--mirror", default=None, help="re-root repository URLs on this mirror (or $FREEBSD_IMAGES_MIRROR)")
-    p.add_argument("--keys", type=Path, default=None, help="trust this key directory instead (trusted/, revoked/, repo.pub)")
+    p.add_argument("--keys", type=Path, default=None,
+                   help="trust this key directory instead (trusted/, revoked/, repo.pub; or $FREEBSD_IMAGES_KEYS)")
     p.add_argument("--lock", type=Path, default=None, help="lock file (default <lock-dir>/<release>.lock.json)")
     p.add_argument("--lock-dir", type=Path, default=None, help="directory of lock files (default the project's releases/)")
     p.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $XDG_CACHE_HOME/freebsd-images)")
@@ -277,7 +278,8 @@ def _publish_args(p) -> None:
     p.add_argument("layout", type=Path, help="OCI layout written by build (e.g. build/out/14.2)")
     p.add_argument("--to", required=True, help="registry and namespace, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd")
     p.add_argument("--image", action="append", help="only this image name (repeatable)")
-    p.add_argument("--insecure", action="store_true", help="plain HTTP (local registries only)")
+    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
+                   help="plain HTTP, local registries only (default $FREEBSD_IMAGES_REGISTRY_INSECURE)")
     p.add_argument("--dry-run", action="store_true", help="show what would be pushed, push nothing")
     p.add_argument("--user", default=os.environ.get("FREEBSD_IMAGES_REGISTRY_USER"),
                    help="user name (default $FREEBSD_IMAGES_REGISTRY_USER)")

@@ -36,5 +36,6 @@ def demo_mirror(tmp_path_factory):
 def _isolated_cache(tmp_path, monkeypatch):
     # No test may touch the user's cache or depend on one.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.delenv("FREEBSD_IMAGES_MIRROR", raising=False)
+    for var in ("FREEBSD_IMAGES_MIRROR", "FREEBSD_IMAGES_KEYS", "FREEBSD_IMAGES_REGISTRY_INSECURE"):
+        monkeypatch.delenv(var, raising=False)
     yield

@@ -24,7 +24,7 @@ def test_workflow_matrix_and_join(tmp_path):
     include = doc["jobs"]["build"]["strategy"]["matrix"]["include"]
     want = {(r, a.name) for r, rel in project.releases.items() for a in rel.arches}
     assert {(i["release"], i["arch"]) for i in include} == want
-    assert doc["jobs"]["build"]["needs"] == "lock" and doc["jobs"]["publish"]["needs"] == "build"
+    assert doc["jobs"]["build"]["needs"] == "lock" and doc["jobs"]["publish"]["needs"] == ["build", "compare"]
     steps = " ".join(s.get("run", "") for s in doc["jobs"]["publish"]["steps"])
     assert "builder assemble" in steps and "builder publish" in steps
     # a stale file is detected

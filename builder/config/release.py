@@ -238,3 +238,9 @@ def find_release(releases_dir: Path, name: str) -> Path:
 
 def env_mirror() -> Optional[str]:
     return os.environ.get("FREEBSD_IMAGES_MIRROR") or None
+
+
+def env_keys() -> Optional[Path]:
+    """The trust directory for a mirror from $FREEBSD_IMAGES_KEYS (unset or empty: the release's own keys)."""
+    v = os.environ.get("FREEBSD_IMAGES_KEYS")
+    return Path(v) if v else None

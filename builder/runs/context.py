@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from builder.common.http import Transport
 from builder.config.project import Project, load_project
-from builder.config.release import Release, env_mirror
+from builder.config.release import Release, env_keys, env_mirror
 from builder.resolve.cache import Cache
 from builder.resolve.fetch import ensure_lock, fetch_locked
 from builder.resolve.lock import Lock
@@ -42,7 +42,8 @@ class Context:
         project = load_project(where.project)
         rel = project.release(release_name)
         mirror = where.mirror or env_mirror()
-        keys = Path(where.keys).resolve() if where.keys else None
+        keys = where.keys or env_keys()
+        keys = Path(keys).resolve() if keys else None
         if mirror or keys:
             rel = rel.with_mirror(mirror, keys)
         arches = [rel.arch(a).name for a in where.arches] if where.arches else [a.name for a in rel.arches]
