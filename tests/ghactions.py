@@ -414,8 +414,11 @@ class Runner:
         if not (len(cmds) == 1 and cmds[0][:4] == ["python", "-m", "pip", "install"]):
             return False
         args = cmds[0][4:]
-        if args not in (["-e", "."], ["."]):
-            raise AssertionError(f"{job_id}: no stand-in for `{script.strip()}`")
+        if args not in (["-c", "constraints.txt", "-e", "."], ["-c", "constraints.txt", "."]):
+            # the pinned constraints are what makes two runners' builds byte-identical
+            raise AssertionError(f"{job_id}: no stand-in for `{script.strip()}` (installs must use -c constraints.txt)")
+        if not (workspace / "constraints.txt").is_file():
+            raise AssertionError(f"{job_id}: constraints.txt is not in the checkout")
         if "venv" not in state:
             raise AssertionError(f"{job_id}: pip install before actions/setup-python")
         meta = pyproject(workspace / "pyproject.toml")["project"]

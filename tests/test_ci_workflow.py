@@ -28,7 +28,8 @@ from builder.runs.ci import ACTIONS, REPRODUCE_ENVS, render_workflow, reproduce_
 from tests.conftest import ROOT
 from tests.ghactions import (Runner, StepFailed, check_artifacts, check_cli_calls, check_matrices,
                              check_matrix_references, expand_matrix, load_workflow, matched_artifacts, needs)
-from tests.test_oci import missing, registry  # noqa: F401  (the registry fixture)
+from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
+from tests.tools import require
 
 WORKFLOW = ROOT / "ci" / "github-nightly.yml"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -246,8 +247,8 @@ def order(wf: dict, jobs: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.skipif(bool(missing), reason=f"not installed: {missing}")
 def test_workflow_steps_run_for_one_release_arch(wf, project, demo_mirror, registry, tmp_path):  # noqa: F811
+    require(*TOOLS)
     release, arch = "14.2", "amd64"
     ns = f"{registry.host}/nightly-ci"
     runner = Runner(wf, ROOT, tmp_path / "run", vars=dict(mirror_vars(demo_mirror), FREEBSD_IMAGES_REGISTRY=ns,
