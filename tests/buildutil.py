@@ -1,6 +1,7 @@
 """Helpers shared by the build tests: a project on the fixture repository, tool runners."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,3 +81,28 @@ def demo_project(tmp_path: Path) -> Path:
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def reachable_by_hand(root: Path) -> set[str]:
+    """Every digest an OCI layout's index.json reaches, walked here with plain JSON, following the
+    image-spec (index -> manifests, manifest -> config and layers) rather than Layout.reachable()."""
+    blobs = Path(root) / "blobs" / "sha256"
+    seen: set[str] = set()
+    todo = list(json.loads((Path(root) / "index.json").read_text())["manifests"])
+    while todo:
+        desc = todo.pop()
+        if desc["digest"] in seen:
+            continue
+        seen.add(desc["digest"])
+        if desc["mediaType"] not in (INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE):
+            continue
+        doc = json.loads((blobs / desc["digest"].split(":", 1)[1]).read_bytes())
+        if desc["mediaType"] == INDEX_MEDIA_TYPE:
+            todo += doc["manifests"]
+        else:
+            todo += [doc["config"]] + doc["layers"]
+    return seen

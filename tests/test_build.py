@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from builder.cli import main
+from builder.layers.writer import IdMap
 from builder.oci.layout import Layout
-from tests.buildutil import demo_project
-from tests.conftest import ROOT
+from tests.buildutil import demo_project, reachable_by_hand
+from tests.conftest import ETC, ROOT
 
 RELEASE = "14.2"
 
@@ -111,6 +112,61 @@ def test_image_contents(built):
     assert "var/db/pkg/local.sqlite" in static
 
 
+def _ids_by_name(text: str) -> dict[str, int]:
+    """name -> id (third field) of a master.passwd or group file, parsed here, not by the builder."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            f = line.split(":")
+            out.setdefault(f[0], int(f[2]))
+    return out
+
+
+def test_idmap_uses_the_images_own_passwd_and_group():
+    passwd = (b"# $FreeBSD$\nroot:*:0:0::0:0:Charlie &:/root:/bin/csh\n"
+              b"ntpd:*:123:123::0:0:NTP Daemon:/var/db/ntp:/usr/sbin/nologin\n"
+              b"builder:*:1234:4321::0:0:Builder:/home/builder:/bin/sh\n")
+    group = b"# $FreeBSD$\nwheel:*:0:root\noperator:*:5:root\nntpd:*:123:\nbuilders:*:4321:builder\n"
+    ids = IdMap(passwd, group)
+    assert [ids.uid(n, "test") for n in ("root", "ntpd", "builder")] == [0, 123, 1234]
+    assert [ids.gid(n, "test") for n in ("wheel", "operator", "ntpd", "builders")] == [0, 5, 123, 4321]
+    # a name the image does not know installs as 0, like pkg
+    assert ids.uid("nosuchuser", "test") == 0 and ids.gid("nosuchgroup", "test") == 0
+    # and the real FreeBSD files: every user and group gets its own id
+    users, groups = (ETC / "master.passwd").read_text(), (ETC / "group").read_text()
+    real = IdMap(users.encode(), groups.encode())
+    want_u, want_g = _ids_by_name(users), _ids_by_name(groups)
+    assert sum(1 for v in want_u.values() if v) > 20 and sum(1 for v in want_g.values() if v) > 20
+    assert {n: real.uid(n, "test") for n in want_u} == want_u
+    assert {n: real.gid(n, "test") for n in want_g} == want_g
+
+
+def test_layer_owners_get_ids_from_the_images_passwd(built):
+    """Entries owned by users other than root carry the numeric ids of the image's own
+    /etc/master.passwd and /etc/group (read back from the same layers)."""
+    _, layout = built
+    for arch in ("amd64", "arm64"):
+        allm, data = {}, {}
+        for d in manifests(layout, f"freebsd{RELEASE}-small", arch)["layers"]:
+            with layout.open_blob(d["digest"]) as fh, tarfile.open(fileobj=fh, mode="r|gz") as tar:
+                for m in tar:
+                    allm[m.name] = m
+                    if m.name in ("etc/master.passwd", "etc/group"):
+                        data[m.name] = tar.extractfile(m).read().decode()
+        users, groups = _ids_by_name(data["etc/master.passwd"]), _ids_by_name(data["etc/group"])
+        non_root = [m for m in allm.values() if m.uname != "root" or m.gname != "wheel"]
+        assert len([m for m in non_root if users.get(m.uname, 0)]) >= 5, "the generator ships non-root-owned paths"
+        assert len([m for m in non_root if groups.get(m.gname, 0)]) >= 5
+        wrong = [(m.name, m.uname, m.uid, m.gname, m.gid) for m in allm.values()
+                 if (m.uid, m.gid) != (users.get(m.uname, 0), groups.get(m.gname, 0))]
+        assert wrong == []
+        ntp = allm["var/db/ntp"]
+        assert (ntp.uname, ntp.uid, ntp.gname, ntp.gid) == ("ntpd", users["ntpd"], "ntpd", groups["ntpd"])
+        assert users["ntpd"] == 123 and groups["ntpd"] == 123
+        lock = allm["var/spool/lock"]
+        assert (lock.uid, lock.gid) == (users["uucp"], groups["dialer"]) == (66, 68)
+
+
 def test_config_and_annotations(built):
     _, layout = built
     idx = layout.read_json(layout.refs()[f"freebsd{RELEASE}-minimal:{RELEASE}"].digest)
@@ -154,13 +210,23 @@ def test_remove_gives_whiteout_and_squash_gives_one_layer(demo_mirror, tmp_path)
     fam["flavours"]["small"]["remove"] = ["/usr/share/zoneinfo", "/etc/termcap.small"]
     (project / "families.yaml").write_text(yaml.safe_dump(fam))
     out = tmp_path / "out"
-    assert main(build_args(project, demo_mirror, out) + ["--flavour", "small", "--arch", "amd64"][0:0]) == 0
+    narrowed = [a for a in build_args(project, demo_mirror, out) if a != "--all"] + ["--flavour", "small", "--arch", "amd64"]
+    assert "--all" not in narrowed
+    assert main(narrowed) == 0
     layout = Layout(out / RELEASE)
+    # the narrowing took: small and the flavours it is built on, for amd64 only
+    refs = layout.refs()
+    assert set(refs) == {f"freebsd{RELEASE}-{f}:{t}" for f in ("static", "base", "minimal", "small")
+                         for t in (RELEASE, "14.2p1", f"{RELEASE}-amd64")}
+    for name, desc in refs.items():
+        if desc.media_type.endswith("index.v1+json"):
+            assert [m["platform"]["architecture"] for m in layout.read_json(desc.digest)["manifests"]] == ["amd64"], name
+    assert len(list(layout.blobs.iterdir())) == 4 + 4 + 4 + 4, "indexes, manifests, configs and layers of one arch"
     top = manifests(layout, f"freebsd{RELEASE}-small")["layers"][-1]
     names = {m.name for m in layer_members(layout, top["digest"])}
     assert "usr/share/.wh.zoneinfo" in names and "etc/.wh.termcap.small" in names
     assert not any(n.startswith("usr/share/zoneinfo/") for n in names)
-    squashed = tmp_path / "sq"
+    squashed = tmp_path / "sq" / "out"   # its own lock dir: the narrowed build locked amd64 only
     assert main(build_args(project, demo_mirror, squashed, "--squash", "--zstd")) == 0
     lay = Layout(squashed / RELEASE)
     man = manifests(lay, f"freebsd{RELEASE}-small")
@@ -170,11 +236,24 @@ def test_remove_gives_whiteout_and_squash_gives_one_layer(demo_mirror, tmp_path)
 
 def test_gc_removes_only_unreferenced(built, tmp_path):
     _, layout = built
+    want = reachable_by_hand(layout.root)
+    # 16 refs: 4 indexes (two tags each), 8 platform manifests (ref'd by name too) -> 8 configs, 4 layers per arch
+    assert len(want) == 4 + 8 + 8 + 4 * 2
+    assert {"sha256:" + p.name for p in layout.blobs.iterdir()} == want, "the build leaves no garbage"
     stray = layout.blobs / ("0" * 64)
     stray.write_bytes(b"stray")
+    # an unreferenced manifest keeps nothing alive: neither itself nor the config and layer only it names
+    orphan_layer, n = layout.put_bytes(b"orphan layer")
+    orphan_cfg, m = layout.put_bytes(b'{"orphan": "config"}')
+    orphan_man, _ = layout.put_bytes(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": orphan_cfg, "size": m},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": orphan_layer, "size": n}]}).encode())
+    leftover = layout.blobs / ".blob.interrupted.tmp"
+    leftover.write_bytes(b"half a blob")
     assert main(["gc", str(layout.root)]) == 0
-    assert not stray.exists()
-    assert layout.reachable() == {"sha256:" + p.name for p in layout.blobs.iterdir()}
+    assert not stray.exists() and not leftover.exists()
+    assert {"sha256:" + p.name for p in layout.blobs.iterdir()} == want
 
 
 PERTURBATIONS = [

@@ -15,6 +15,7 @@ import pytest
 
 from tests.tools import have
 from builder.cli import main
+from builder.install import bdb
 from builder.prove.diff import diff
 from builder.oci.layout import Layout, canonical
 from tests.buildutil import demo_project, run
@@ -39,15 +40,15 @@ def _gzip(data: bytes, level: int = 6) -> bytes:
             + (zlib.crc32(data) & 0xFFFFFFFF).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little"))
 
 
-def mutate_top_layer(src: Path, dst: Path, edit=None, level: int = 6) -> tuple[str, str]:
-    """Copy a layout, rewrite the top layer of IMAGE/amd64 (edit(members) -> members), and re-point
-    config, manifest, indexes and refs. Returns (old, new) layer digests."""
+def mutate_top_layer(src: Path, dst: Path, edit=None, level: int = 6, layer: int = -1) -> tuple[str, str]:
+    """Copy a layout, rewrite the top layer (or the given one) of IMAGE/amd64 (edit(members) -> members),
+    and re-point config, manifest, indexes and refs. Returns (old, new) layer digests."""
     shutil.copytree(src, dst)
     lay = Layout(dst)
     refs = lay.refs()
     man_desc = refs[f"{IMAGE}:{RELEASE}-amd64"]
     man = lay.read_json(man_desc.digest)
-    top = man["layers"][-1]
+    top = man["layers"][layer]
     with gzip.open(lay.blob_path(top["digest"])) as fh:
         tar_bytes = fh.read()
     members = []
@@ -64,9 +65,9 @@ def mutate_top_layer(src: Path, dst: Path, edit=None, level: int = 6) -> tuple[s
     blob = _gzip(tar_bytes, level)
     new_digest, size = lay.put_bytes(blob)
     cfg = lay.read_json(man["config"]["digest"])
-    cfg["rootfs"]["diff_ids"][-1] = "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+    cfg["rootfs"]["diff_ids"][layer] = "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
     cfg_digest, cfg_size = lay.put_bytes(canonical(cfg))
-    man["layers"][-1] = dict(top, digest=new_digest, size=size)
+    man["layers"][layer] = dict(top, digest=new_digest, size=size)
     man["config"] = dict(man["config"], digest=cfg_digest, size=cfg_size)
     new_man, new_man_size = lay.put_bytes(canonical(man))
     index = json.loads((dst / "index.json").read_text())
@@ -159,6 +160,40 @@ def test_diff_names_the_injected_difference(original, tmp_path, case):
         assert r.returncode == 1, r.stderr
         if hit.path:
             assert hit.path.lstrip("/") in r.stdout
+
+
+def test_diff_names_the_changed_pwd_db_record(original, tmp_path):
+    """Two layouts whose /etc/pwd.db differ in one Berkeley DB record: diff names that record's key."""
+    changed = {}
+
+    def edit(members):
+        out = []
+        for m, data in members:
+            if m.name == "etc/pwd.db":
+                records = bdb.read(data)
+                # pwd_mkdb's by-name record of root: "root\0*\0" + uid ... + "/root\0" + shell ...
+                key = next(k for k, v in records.items() if k.endswith(b"root") and v.startswith(b"root\0"))
+                old = records[key]
+                new = old.replace(b"\0/root\0", b"\0/home/root\0")
+                assert new != old
+                records[key] = new
+                data = bdb.write(list(records.items()), bdb.PWD_INFO)
+                m.size = len(data)
+                changed.update(key=key, old=old, new=new)
+            out.append((m, data))
+        return out
+    mutated = tmp_path / "mutated"
+    mutate_top_layer(original, mutated, edit, layer=0)
+    assert changed, "the static layer holds etc/pwd.db"
+    diffs = diff(str(original), str(mutated))
+    records = [d for d in diffs if d.field == "record"]
+    assert len(records) == 1, [d.human() for d in diffs]
+    hit = records[0]
+    assert hit.image.startswith(IMAGE + ":") and hit.where == "layer 1/4 [freebsd/amd64]"
+    assert hit.path == "/etc/pwd.db"
+    assert hit.detail == f"key {changed['key']!r}"
+    assert (hit.a, hit.b) == (changed["old"], changed["new"])
+    assert not [d for d in diffs if d.path == "/etc/pwd.db" and d.field == "content"]
 
 
 def test_identical_builds_diff_clean(original, tmp_path):

@@ -1,5 +1,6 @@
 """OCI output checked by independent tools (skopeo, umoci, oci-image-tool) and a real
 registry: layouts, indexes, release archives, publishing, and interrupted builds."""
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from builder.runs.images import build_release
 from builder.oci.archive import archive_name, write_archives
 from builder.oci.layout import Layout
 from builder.oci.registry import Registry, publish, targets_in_layout
-from tests.buildutil import context, demo_project, run
+from tests.buildutil import context, demo_project, reachable_by_hand, run
 from tests.conftest import ROOT
 from tests.registry import AuthProxy, RegistryServer
 from tests.tools import have, require
@@ -225,6 +226,37 @@ def test_publish_dry_run_pushes_nothing(family, capsys):
     assert "would push" in err
 
 
+def test_gc_dry_run_removes_nothing_and_reports(tmp_path, capsys):
+    from builder.oci.layout import CONFIG_MT, INDEX_MT, MANIFEST_MT
+    layout = Layout(tmp_path / "layout").init()
+    layer, n = layout.put_bytes(b"layer")
+    cfg = layout.put_json({"architecture": "amd64", "os": "freebsd"}, CONFIG_MT)
+    layer_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": n}
+    man = layout.put_json({"schemaVersion": 2, "mediaType": MANIFEST_MT, "config": cfg.to_json(), "layers": [layer_desc]},
+                          MANIFEST_MT)
+    idx = layout.put_json({"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": [man.to_json()]}, INDEX_MT)
+    layout.set_refs({"img:1": idx})
+    orphan, n2 = layout.put_bytes(b"orphan layer")
+    orphan_man = layout.put_json({"schemaVersion": 2, "mediaType": MANIFEST_MT, "config": cfg.to_json(),
+                                  "layers": [dict(layer_desc, digest=orphan, size=n2)]}, MANIFEST_MT)
+    (layout.blobs / ".blob.killed.tmp").write_bytes(b"half a blob")
+    garbage = sorted([orphan.split(":")[1], orphan_man.digest.split(":")[1], ".blob.killed.tmp"])
+
+    def files():
+        return {p.name: p.read_bytes() for p in layout.blobs.iterdir()}
+    before = files()
+    assert len(before) == 7
+    assert sorted(layout.gc(dry_run=True)) == garbage
+    assert files() == before
+    assert main(["gc", "--dry-run", str(layout.root)]) == 0
+    assert capsys.readouterr().out.strip() == f"would remove 3 blobs from {layout.root}"
+    assert files() == before
+    # the real thing removes exactly what the dry run listed
+    assert main(["gc", str(layout.root)]) == 0
+    assert capsys.readouterr().out.strip() == f"removed 3 blobs from {layout.root}"
+    assert files() == {k: v for k, v in before.items() if k not in garbage}
+
+
 def test_sigkill_mid_build_leaves_previous_layout_valid(demo_mirror, tmp_path):
     """Kill -9 a build while it writes layers: the old layout still reads, the next build succeeds."""
     from builder.config.release import load_release
@@ -245,16 +277,30 @@ def test_sigkill_mid_build_leaves_previous_layout_valid(demo_mirror, tmp_path):
     assert r.returncode == 0, r.stderr
     layout = Layout(out / RELEASE)
     index_before = (layout.root / "index.json").read_bytes()
-    reachable = layout.reachable()
-    # now a big build, killed while it is writing blobs
-    proc = subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if any(p.name.startswith(".blob.") for p in layout.blobs.iterdir()):
-            break
-        time.sleep(0.02)
+    reachable = reachable_by_hand(layout.root)
+    assert len(reachable) > 10 and {"sha256:" + p.name for p in layout.blobs.iterdir()} == reachable
+    # now a big build, killed while it is writing blobs: wait until a layer's temporary blob has data
+    proc = subprocess.Popen(base, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def writing() -> list[Path]:
+        out = []
+        for p in layout.blobs.glob(".blob.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if p.stat().st_size > 0:
+                    out.append(p)
+        return out
+    deadline = time.time() + 120
+    partial: list[Path] = []
+    while time.time() < deadline and proc.poll() is None and not partial:
+        partial = writing()
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build was killed, not finished"
+    assert partial, "no blob was being written when the build was killed"
+    # the kill landed mid-write: the temporary blob it was writing is still there, under no digest name
+    left = [p for p in partial if p.exists()]
+    assert left, f"{[p.name for p in partial]} vanished: the blob was finished before the kill"
     assert (layout.root / "index.json").read_bytes() == index_before
     for d in reachable:
         assert layout.has_blob(d)
@@ -264,6 +310,7 @@ def test_sigkill_mid_build_leaves_previous_layout_valid(demo_mirror, tmp_path):
     # the next build completes, and gc clears the dead temporary blob
     r = subprocess.run(base, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert any(p.exists() for p in left), "the dead temporary blob survives the next build"
     assert main(["gc", str(layout.root)]) == 0
     assert not any(p.name.startswith(".") for p in layout.blobs.iterdir())
-    assert layout.reachable() == {"sha256:" + p.name for p in layout.blobs.iterdir()}
+    assert reachable_by_hand(layout.root) == {"sha256:" + p.name for p in layout.blobs.iterdir()}

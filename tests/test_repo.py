@@ -152,6 +152,48 @@ def test_resolver_errors_name_the_problem():
         resolve(cats, [PackageRef("FreeBSD-caroot")], "FreeBSD:14:amd64")
 
 
+def _catalogue(repository: str, packages: list[dict]):
+    """A catalogue parsed from a hand-written pkg ``data`` document."""
+    from builder.resolve.catalogue import Meta, parse_catalogue
+    objs = []
+    for p in packages:
+        deps = {d: {"origin": "base/" + d.lower(), "version": "14.2"} for d in p.get("deps", ())}
+        objs.append({"name": p["name"], "origin": "base/" + p["name"].lower(), "version": "14.2",
+                     "abi": "FreeBSD:14:amd64", "path": f"{p['name']}-14.2.pkg", "sum": "0" * 64,
+                     "deps": deps, **({"conflicts": p["conflicts"]} if "conflicts" in p else {})})
+    meta = Meta.parse('version = 2;\npacking_format = "tzst";\n', f"{repository}/meta.conf")
+    return parse_catalogue("data", json.dumps({"packages": objs}).encode(), repository, f"file:///{repository}", meta)
+
+
+def test_conflicting_packages_refused_naming_both():
+    base = _catalogue("base", [
+        {"name": "FreeBSD-runtime", "deps": ["FreeBSD-clibs"]},
+        {"name": "FreeBSD-clibs"},
+        {"name": "FreeBSD-ssh", "deps": ["FreeBSD-clibs"]},
+        {"name": "FreeBSD-sshd", "deps": ["FreeBSD-ssh"]},
+        {"name": "FreeBSD-telnet", "conflicts": ["FreeBSD-rsh"]},
+    ])
+    ports = _catalogue("ports", [
+        {"name": "openssh-portable", "conflicts": ["FreeBSD-ssh"]},
+        {"name": "sshwrapper", "deps": ["openssh-portable"]},
+    ])
+    cats = [base, ports]
+    abi = "FreeBSD:14:amd64"
+    # a conflict with a package that is not in the set is no conflict
+    ok = resolve(cats, [PackageRef("FreeBSD-runtime"), PackageRef("FreeBSD-telnet"), PackageRef("openssh-portable")], abi)
+    assert ok.names == ["FreeBSD-clibs", "FreeBSD-runtime", "FreeBSD-telnet", "openssh-portable"]
+    # both named directly
+    with pytest.raises(BuildError, match="conflict") as e:
+        resolve(cats, [PackageRef("FreeBSD-ssh"), PackageRef("openssh-portable", "ports")], abi)
+    assert "openssh-portable" in str(e.value) and "FreeBSD-ssh" in str(e.value)
+    # one of them only pulled in as a dependency: the one declaring the conflict, or the other
+    for refs in ([PackageRef("FreeBSD-runtime"), PackageRef("FreeBSD-ssh"), PackageRef("sshwrapper")],
+                 [PackageRef("openssh-portable"), PackageRef("FreeBSD-sshd")]):
+        with pytest.raises(BuildError, match="conflict") as e:
+            resolve(cats, refs, abi)
+        assert "openssh-portable" in str(e.value) and "FreeBSD-ssh" in str(e.value)
+
+
 def test_shlib_warnings(demo_mirror):
     r = Repository("base", "b", f"file://{demo_mirror}/${{ABI}}/base_release_2", "fingerprints", fingerprints=demo_mirror / "keys")
     cat = fetch_catalogue(Transport(), r, "FreeBSD:14:amd64")
