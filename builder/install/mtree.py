@@ -37,17 +37,38 @@ def _keywords(tokens: list[str], source: str, lineno: int) -> dict[str, str]:
     return out
 
 
+# strunvis(3) as mtree reads names back: FreeBSD's mtree writes them with strsvis(VIS_CSTYLE)
+# ("\s" space, "\\" backslash, "\#" hash ...), libarchive's writer as \ooo bytes; both decode
+# to bytes, which are the name's UTF-8.
+_CSTYLE = {"\\": b"\\", "s": b" ", "#": b"#", "n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a",
+           "b": b"\b", "f": b"\f", "v": b"\v", "0": b"\0", "E": b"\033", "*": b"*", "?": b"?", "[": b"["}
+
+
 def _unvis(name: str) -> str:
-    # mtree writes special characters as \ooo octal escapes
-    out, i = [], 0
+    out, i = bytearray(), 0
     while i < len(name):
-        if name[i] == "\\" and i + 3 < len(name) + 1 and name[i + 1:i + 4].isdigit():
-            out.append(chr(int(name[i + 1:i + 4], 8)))
+        c = name[i]
+        if c == "\\" and i + 3 < len(name) + 1 and all(ch in "01234567" for ch in name[i + 1:i + 4]) \
+                and len(name[i + 1:i + 4]) == 3:
+            out.append(int(name[i + 1:i + 4], 8) & 0xFF)
             i += 4
+        elif c == "\\" and i + 1 < len(name) and name[i + 1] in _CSTYLE:
+            out += _CSTYLE[name[i + 1]]
+            i += 2
         else:
-            out.append(name[i])
+            out += c.encode("utf-8")
             i += 1
-    return "".join(out)
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _strip_comment(raw: str) -> str:
+    """Drop a comment: a token starting with an unescaped '#' (an escaped one is "\\#")."""
+    kept = []
+    for tok in raw.split():
+        if tok.startswith("#"):
+            break
+        kept.append(tok)
+    return " ".join(kept)
 
 
 def parse(text: str, root: str = "/", source: str = "mtree") -> list[MtreeEntry]:
@@ -55,7 +76,7 @@ def parse(text: str, root: str = "/", source: str = "mtree") -> list[MtreeEntry]
     stack: list[str] = []
     out: list[MtreeEntry] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        line = _strip_comment(raw)
         if not line:
             continue
         tokens = line.split()
