@@ -148,7 +148,8 @@ def test_layer_owners_get_ids_from_the_images_passwd(built):
     for arch in ("amd64", "arm64"):
         allm, data = {}, {}
         for d in manifests(layout, f"freebsd{RELEASE}-small", arch)["layers"]:
-            with layout.open_blob(d["digest"]) as fh, tarfile.open(fileobj=fh, mode="r|gz") as tar:
+            with layout.open_blob(d["digest"]) as fh, gzip.GzipFile(fileobj=fh) as gz, \
+                    tarfile.open(fileobj=gz, mode="r|") as tar:
                 for m in tar:
                     allm[m.name] = m
                     if m.name in ("etc/master.passwd", "etc/group"):

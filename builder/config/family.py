@@ -11,7 +11,10 @@ from builder.config.yamlsrc import Located, load_file
 from builder.errors import ConfigError, Diagnostic
 
 PKG_NAME = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
-ABS_PATH = r"/[^\0]*"
+# Image paths as pkg would accept them: absolute, no empty, "." or ".." components, no trailing slash.
+ABS_PATH = r"(?:/(?!\.\.?(?:/|$))[^/\0]+)+"
+# Template files: relative to the project, never climbing out of it (symlinks are checked when read).
+REL_PATH = r"(?!/)(?:(?!\.\.?(?:/|$))[^/\0]+/)*(?!\.\.?$)[^/\0]+"
 MODE = r"0?[0-7]{3,4}"
 
 
@@ -193,7 +196,7 @@ _FLAVOUR = S.Struct({
     })),
     "files": S.Field(S.ListOf(S.Struct({
         "path": S.Field(S.Str(pattern=ABS_PATH, expected="an absolute path"), required=True),
-        "template": S.Field(S.Str()),
+        "template": S.Field(S.Str(pattern=REL_PATH, expected="a file path relative to families.yaml, without '..'")),
         "content": S.Field(S.Str()),
         "mode": S.Field(S.Str(pattern=MODE, expected="an octal mode string like \"0644\"")),
         "uname": S.Field(S.Str()),

@@ -8,7 +8,8 @@ from typing import Optional
 
 from builder.config.family import Family, load_family
 from builder.config.release import Release, find_release, load_release, release_files
-from builder.errors import ConfigError, Diagnostic
+from builder.common.templates import confined
+from builder.errors import BuildError, ConfigError, Diagnostic
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,11 @@ def _cross_check(root: Path, family: Family, releases: dict[str, Release]) -> li
     out: list[Diagnostic] = []
     for fl in family.flavours.values():
         for f in fl.files:
-            if f.template and not (family.base_dir / f.template).is_file():
-                out.append(Diagnostic(family.source, 1, 1, f"flavour {fl.name}: template {f.template} not found"))
+            if f.template:
+                try:
+                    confined(family.base_dir, f.template, f"flavour {fl.name}")
+                except BuildError as exc:
+                    out.append(Diagnostic(family.source, 1, 1, str(exc)))
         for p in fl.packages:
             for rel in releases.values():
                 if p.repository and p.repository not in {r.key for r in rel.repositories}:

@@ -9,6 +9,8 @@ from typing import Optional
 
 import jinja2
 
+from builder.common import templates
+
 from builder.config import schema as S
 from builder.config.family import PKG_NAME
 from builder.config.yamlsrc import Located, load_file
@@ -82,12 +84,22 @@ class Release:
         return out
 
     def render_name(self, flavour: str) -> str:
-        return _render(self.image_name, release=self.name, major=self.major, flavour=flavour)
+        name = _render(self.image_name, release=self.name, major=self.major, flavour=flavour)
+        if not re.fullmatch(OCI_NAME, name):
+            raise BuildError(f"{self.source}: image name {name!r} (flavour {flavour}) is not a valid OCI repository "
+                             f"name ({OCI_NAME})")
+        return name
 
     def render_tags(self, flavour: str, version: str) -> tuple[list[str], list[str]]:
+        """Tags, each checked against the OCI grammar: ``version`` comes from package data, which
+        a compromised repository controls, and a tag ends up in URL paths and file names."""
         ctx = dict(release=self.name, major=self.major, flavour=flavour, version=version)
-        return ([_render(t, **ctx) for t in self.tags_immutable],
-                [_render(t, **ctx) for t in self.tags_moving])
+        out = ([_render(t, **ctx) for t in self.tags_immutable], [_render(t, **ctx) for t in self.tags_moving])
+        for tag in out[0] + out[1]:
+            if not re.fullmatch(OCI_TAG, tag):
+                raise BuildError(f"{self.source}: flavour {flavour}: tag {tag!r} (from version {version!r} of package "
+                                 f"{self.version_package}) is not a valid OCI tag ({OCI_TAG})")
+        return out
 
     def with_mirror(self, mirror: Optional[str], keys: Optional[Path] = None) -> "Release":
         """Point every repository at a mirror root; optionally trust another key set.
@@ -111,14 +123,14 @@ class Release:
         return replace(self, repositories=tuple(repos))
 
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV = templates.environment()
+# distribution-spec grammar: tags, and repository path components
+OCI_TAG = r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}"
+OCI_NAME = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
 
 
 def _render(template: str, **ctx) -> str:
-    try:
-        return _ENV.from_string(template).render(**ctx)
-    except jinja2.TemplateError as exc:
-        raise BuildError(f"cannot render {template!r}: {exc}") from exc
+    return templates.render_string(template, f"template {template!r}", _ENV, **ctx)
 
 
 def _template(doc: Located, path, value, out) -> None:

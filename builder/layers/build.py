@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-import jinja2
 
 from builder.install import mtree
+from builder.common.templates import render_file
 from builder.config.family import Family, ResolvedFlavour
 from builder.config.release import Release
 from builder.errors import BuildError
@@ -108,16 +108,10 @@ def _skeleton(fs: FileSystem, fl: ResolvedFlavour, contents: _Contents, scanned:
             fs.add(Node(e.path, "dir", e.mode, e.uname, e.gname, epoch, source="skeleton"), "skeleton")
 
 
-def _render(template_path: Path, release: Release, flavour: str, arch: str) -> bytes:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
-                             loader=jinja2.FileSystemLoader(str(template_path.parent)))
-    try:
-        tpl = env.get_template(template_path.name)
-        base = release.repository("base")
-        return tpl.render(release=release, repository=base, repositories={r.key: r for r in release.repositories},
-                          flavour=flavour, arch=arch, abi=release.abi(arch)).encode()
-    except jinja2.TemplateError as exc:
-        raise BuildError(f"{template_path}: {exc}") from exc
+def _render(base_dir: Path, template: str, release: Release, flavour: str, arch: str) -> bytes:
+    return render_file(base_dir, template, f"flavour {flavour}", release=release, repository=release.repository("base"),
+                       repositories={r.key: r for r in release.repositories}, flavour=flavour, arch=arch,
+                       abi=release.abi(arch)).encode()
 
 
 def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch: int) -> None:
@@ -207,7 +201,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
                     fs.add(replace(by_path[p], owner=""), f"extract from {ex.package}")
         for f in fl.files:
             if f.template:
-                data = _render(family.base_dir / f.template, release, fname, arch)
+                data = _render(family.base_dir, f.template, release, fname, arch)
             else:
                 data = f.content.encode()
             fs.add(_generated(f.path, data, f.mode, epoch, "family", f.uname, f.gname), f"flavour {fname}",

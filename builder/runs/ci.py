@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import jinja2
+from builder.common import templates
 
 from builder.config.project import Project
 
@@ -41,9 +41,8 @@ def reproduce_release(project: Project) -> str:
 
 def render_workflow(project: Project) -> str:
     # [[ ]] and [% %] so that GitHub's own ${{ }} expressions pass through untouched
-    env = jinja2.Environment(variable_start_string="[[", variable_end_string="]]", block_start_string="[%",
-                             block_end_string="%]", trim_blocks=True, lstrip_blocks=True,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = templates.environment(variable_start_string="[[", variable_end_string="]]", block_start_string="[%",
+                                block_end_string="%]", trim_blocks=True, lstrip_blocks=True)
     text = resources.files("builder").joinpath("data/ci/github-nightly.yml.j2").read_text()
     matrix = []
     for name, rel in project.releases.items():

@@ -87,6 +87,13 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
     opts = BuildOptions(epoch=epoch, compression=compression, squash=squash, workers=workers)
     build_env = oci.build_environment(compression)
+    # Names and tags are checked before any byte is written: the version in them is package data.
+    for arch in ctx.arches:
+        if arch in lock.arches:
+            locked = lock.arches[arch].packages.get(declared.version_package)
+            for fname in flavours or family.names:
+                declared.render_name(fname)
+                declared.render_tags(fname, locked.version if locked else declared.name)
     layout = Layout(layout_dir(out, ctx.release.name)).init()
 
     def sink(write):
