@@ -153,12 +153,22 @@ def cmd_generate(args) -> int:
 
 # --- resolve ------------------------------------------------------------------------------
 
-@command("lock", "resolve every flavour and arch of a release and write its lock file", add_release_options)
+def _allow_downgrade(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="accept catalogues older than the lock's, or locked packages going down (recorded)")
+
+
+@command("lock", "resolve every flavour and arch of a release and write its lock file",
+         lambda p: (add_release_options(p), _allow_downgrade(p)))
 def cmd_lock(args) -> int:
-    from builder.resolve.lock import fetch_catalogues, make_lock, write_lock
+    from builder.resolve.lock import fetch_catalogues, load_lock, relock, stale_catalogues, write_lock
     ctx = _context(args)
+    out = _out(args)
     cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
-    lock = make_lock(ctx.release, ctx.project.family, cats, warn=_out(args).warn)
+    if ctx.release.catalogue_max_age:
+        for s in stale_catalogues(cats, ctx.release.catalogue_max_age):
+            out.warn(s)
+    lock, _ = relock(ctx.release, ctx.project.family, cats, load_lock(ctx.lock_path), args.allow_downgrade, out.warn)
     changed = write_lock(ctx.lock_path, lock)
     n = sum(len(a.packages) for a in lock.arches.values())
     print(f"{'wrote' if changed else 'unchanged'} {ctx.lock_path}: {n} packages over {len(lock.arches)} arches, "
@@ -189,7 +199,7 @@ def cmd_outdated(args) -> int:
          lambda p: (add_release_options(p), p.add_argument("--update", action="store_true")))
 def cmd_fetch(args) -> int:
     ctx = _context(args)
-    lock = ctx.ensure_lock(args.update, _out(args).warn)
+    lock = ctx.ensure_lock(args.update, _out(args).warn, args.allow_downgrade)
     for arch in ctx.arches:
         paths = ctx.fetch_locked(lock, arch)
         print(f"{arch}: {len(paths)} packages verified in {ctx.cache.root}")
@@ -219,6 +229,7 @@ def _build_args(p) -> None:
     p.add_argument("--squash", action="store_true", help="one layer per image instead of one per flavour")
     p.add_argument("--archives", action="store_true", help="also write release archives and CHECKSUM files")
     p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
+    _allow_downgrade(p)
     p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="compression threads (default: every core; never changes the bytes)")
@@ -244,7 +255,7 @@ def cmd_build(args) -> int:
     rows, doc = [], []
     for rel, flavours in _selected(args).items():
         ctx = _context(args, rel)
-        lock = ctx.ensure_lock(args.update, out.warn)
+        lock = ctx.ensure_lock(args.update, out.warn, args.allow_downgrade)
         rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
                            log=out.log, epoch=args.epoch, workers=args.workers)
         if args.archives:
@@ -350,7 +361,7 @@ def cmd_verify(args) -> int:
     status = 0
     for rel, flavours in _selected(args).items():
         ctx = _context(args, rel)
-        ctx.ensure_lock(args.update, _out(args).warn)
+        ctx.ensure_lock(args.update, _out(args).warn, args.allow_downgrade)
         req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, tuple(flavours), tuple(args.arch or ()),
                             ctx.mirror, ctx.keys, args.zstd, args.squash)
         res = verify(req, args.work and args.work / rel)
@@ -376,6 +387,7 @@ def _nightly_args(p) -> None:
     p.add_argument("--state-dir", type=Path, default=None, help="where the last published locks live (default OUT/state)")
     p.add_argument("--report-dir", type=Path, default=None, help="report.md and report.json (default OUT/report)")
     p.add_argument("--no-verify", action="store_true", help="skip the second, perturbed build")
+    _allow_downgrade(p)
     add_release_options(p, release_positional=False)
     p.set_defaults(keys=Path(os.environ["FREEBSD_IMAGES_KEYS"]) if os.environ.get("FREEBSD_IMAGES_KEYS") else None)
 
@@ -388,7 +400,8 @@ def cmd_nightly(args) -> int:
     releases = args.releases or list(_project(args).releases)
     opts = NightlyOptions(to=args.to, insecure=args.insecure, out=args.out,
                           state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
-                          verify=not args.no_verify, auth=credentials(os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")))
+                          verify=not args.no_verify, auth=credentials(os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")),
+                          allow_downgrade=args.allow_downgrade)
     report = run([_context(args, r) for r in releases], opts, _out(args).log)
     for r in report["releases"]:
         acts: dict[str, int] = {}

@@ -55,6 +55,7 @@ class Release:
     package_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
     pkgdb_user_version: int = 36
     version_package: str = "FreeBSD-runtime"
+    catalogue_max_age: Optional[int] = None    # days; older catalogues are reported as a possibly frozen mirror
     base_dir: Path = field(default=Path("."))
 
     def abi(self, arch: str) -> str:
@@ -176,6 +177,7 @@ RELEASE_SCHEMA = S.Struct({
     "package-map": S.Field(S.MapOf(S.ListOf(S.Str(pattern=PKG_NAME, expected="a package name")),
                                    key_pattern=PKG_NAME, key_expected="a package name")),
     "pkgdb": S.Field(S.Struct({"user-version": S.Field(S.Int(minimum=1))})),
+    "catalogue-max-age": S.Field(S.Int(minimum=1)),
 })
 
 
@@ -221,6 +223,7 @@ def parse_release(doc: Located, base_dir: Path) -> Release:
         package_map=tuple((k, tuple(v)) for k, v in sorted((d.get("package-map") or {}).items())),
         pkgdb_user_version=(d.get("pkgdb") or {}).get("user-version", 36),
         version_package=d.get("version-package", "FreeBSD-runtime"),
+        catalogue_max_age=d.get("catalogue-max-age"),
         base_dir=base_dir,
     )
 

@@ -39,6 +39,12 @@ class RemotePackage:
 
     @classmethod
     def from_json(cls, obj: dict, repository: str, where: str) -> "RemotePackage":
+        pkg = cls._from_json(obj, repository, where)
+        check_repopath(pkg.repopath, f"{where}: package {pkg.name}")
+        return pkg
+
+    @classmethod
+    def _from_json(cls, obj: dict, repository: str, where: str) -> "RemotePackage":
         try:
             deps = tuple(sorted(Dep(n, d.get("origin", ""), d.get("version", ""))
                                 for n, d in (obj.get("deps") or {}).items()))
@@ -64,6 +70,19 @@ class RemotePackage:
             kind, _, body = s.partition("$")
             return body if kind == "1" else None
         return s
+
+
+def check_repopath(path: str, what: str) -> str:
+    """A package's path in its repository: relative, plain components only.
+
+    The catalogue is signed, but signing says which packages exist, not where a mirror
+    may write: ``mirror`` joins this path to its destination, and downloads to the base URL.
+    """
+    parts = path.split("/")
+    if (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path
+            or any(p in ("", ".", "..") for p in parts)):
+        raise BuildError(f"{what}: refusing repository path {path!r}: must be relative, without '.', '..' or empty parts")
+    return path
 
 
 @dataclass(frozen=True)

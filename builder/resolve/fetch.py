@@ -11,7 +11,7 @@ from builder.config.release import Release
 from builder.resolve.cache import Cache
 from builder.resolve.catalogue import RemotePackage
 from builder.resolve.client import fetch_package
-from builder.resolve.lock import Lock, check_lock, fetch_catalogues, load_lock, make_lock, write_lock
+from builder.resolve.lock import Lock, check_lock, fetch_catalogues, load_lock, relock, write_lock
 
 
 def fetch_locked(transport: Transport, cache: Cache, release: Release, lock: Lock, arch: str,
@@ -31,13 +31,14 @@ def fetch_locked(transport: Transport, cache: Cache, release: Release, lock: Loc
 
 
 def ensure_lock(transport: Transport, release: Release, family: Family, arches: list[str], lock_path: Path,
-                update: bool = False, warn: Callable[[str], None] = lambda m: None) -> Lock:
-    """The release's lock: used when present and still valid, else made (and written)."""
+                update: bool = False, warn: Callable[[str], None] = lambda m: None,
+                allow_downgrade: bool = False) -> Lock:
+    """The release's lock: used when present and still valid, else made (and written) — never rolled back."""
     cats = fetch_catalogues(transport, release, arches)
-    lock = load_lock(lock_path)
-    if lock is not None and not update:
-        check_lock(lock, cats)
-        return lock
-    lock = make_lock(release, family, cats, warn=warn)
+    previous = load_lock(lock_path)
+    if previous is not None and not update:
+        check_lock(previous, cats)
+        return previous
+    lock, _ = relock(release, family, cats, previous, allow_downgrade, warn)
     write_lock(lock_path, lock)
     return lock

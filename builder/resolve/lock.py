@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+import datetime
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +45,7 @@ class ArchLock:
     catalogues: dict          # repository key -> sha256 of its catalogue file
     packages: dict            # name -> LockedPackage
     flavours: dict            # flavour -> {"packages": [...], "automatic": [...]}
+    built: dict = field(default_factory=dict)   # repository key -> when its catalogue was built (rollback check)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Lock:
             "lock-version": LOCK_VERSION,
             "release": self.release,
             "source-date-epoch": self.source_date_epoch,
-            "arches": {a: {"abi": al.abi, "catalogues": al.catalogues,
+            "arches": {a: {"abi": al.abi, "catalogues": al.catalogues, "catalogue-built": al.built,
                            "packages": {n: {k: v for k, v in asdict(p).items() if k != "name"}
                                         for n, p in sorted(al.packages.items())},
                            "flavours": al.flavours}
@@ -74,7 +77,8 @@ class Lock:
             arches = {}
             for a, al in doc["arches"].items():
                 pkgs = {n: LockedPackage(name=n, **p) for n, p in al["packages"].items()}
-                arches[a] = ArchLock(abi=al["abi"], catalogues=al["catalogues"], packages=pkgs, flavours=al["flavours"])
+                arches[a] = ArchLock(abi=al["abi"], catalogues=al["catalogues"], packages=pkgs, flavours=al["flavours"],
+                                     built={k: int(v) for k, v in (al.get("catalogue-built") or {}).items()})
             return cls(release=doc["release"], source_date_epoch=int(doc["source-date-epoch"]), arches=arches)
         except (KeyError, TypeError, ValueError) as exc:
             raise BuildError(f"{source}: malformed lock file: {exc!r}") from exc
@@ -133,7 +137,7 @@ def make_lock(release: Release, family: Family, catalogues: dict[str, list[Catal
                 packages[p.name] = LockedPackage(p.name, p.origin, p.version, p.repository, p.repopath, p.pkgsize, p.sum)
             flavours[fname] = {"packages": res.names, "automatic": sorted(res.automatic)}
         arches[arch] = ArchLock(abi=abi, catalogues={c.repository: c.digest for c in cats},
-                                packages=packages, flavours=flavours)
+                                packages=packages, flavours=flavours, built={c.repository: c.built for c in cats})
     epoch = max((c.built for cats in catalogues.values() for c in cats), default=0)
     return Lock(release=release.name, source_date_epoch=epoch, arches=arches)
 
@@ -184,3 +188,58 @@ def outdated(lock: Lock, catalogues: dict[str, list[Catalogue]]) -> list[Update]
             if new is None or compare(p.version, new) != 0:
                 moved.setdefault((p.name, p.version, new), []).append(arch)
     return [Update(n, o, v, tuple(sorted(a))) for (n, o, v), a in sorted(moved.items(), key=lambda kv: kv[0][0])]
+
+
+def _when(t: int) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def downgrades(previous: Lock, new: Lock) -> list[str]:
+    """What would move backwards: a catalogue older than the locked one, a locked package going down.
+
+    A mirror is trusted for nothing, but an old catalogue is still validly signed: replaying one
+    is how a mirror rolls a release back to a version with known holes.
+    """
+    out = []
+    for arch, al in sorted(new.arches.items()):
+        old = previous.arches.get(arch)
+        if old is None:
+            continue
+        for repo, t in sorted(al.built.items()):
+            if repo in old.built and t < old.built[repo]:
+                out.append(f"{arch}: repository {repo}: catalogue built {_when(t)} is older than the locked one "
+                           f"({_when(old.built[repo])})")
+        for name, p in sorted(al.packages.items()):
+            q = old.packages.get(name)
+            if q is not None and compare(p.version, q.version) < 0:
+                out.append(f"{arch}: {name} would go down from {q.version} to {p.version}")
+    return out
+
+
+def relock(release: Release, family: Family, catalogues: dict[str, list[Catalogue]], previous: Optional[Lock],
+           allow_downgrade: bool = False, warn=lambda msg: None) -> tuple[Lock, list[str]]:
+    """A new lock from the catalogues, refused when it rolls the previous one back.
+
+    Returns the lock and the downgrades accepted with ``allow_downgrade`` (for the report).
+    """
+    lock = make_lock(release, family, catalogues, warn=warn)
+    found = downgrades(previous, lock) if previous is not None else []
+    if found and not allow_downgrade:
+        raise BuildError(f"release {release.name}: refusing catalogues that roll the lock back (a replayed old "
+                         "catalogue, or a mirror serving stale data); pass --allow-downgrade if this is intended:\n  "
+                         + "\n  ".join(found))
+    for d in found:
+        warn(f"{release.name}: accepted downgrade: {d}")
+    return lock, found
+
+
+def stale_catalogues(catalogues: dict[str, list[Catalogue]], max_age_days: int, now: Optional[float] = None) -> list[str]:
+    """Catalogues older than the release's maximum age: a mirror may be frozen on an old, signed state."""
+    now = time.time() if now is None else now
+    out = []
+    for arch, cats in sorted(catalogues.items()):
+        for c in cats:
+            if c.built and now - c.built > max_age_days * 86400:
+                out.append(f"{arch}: repository {c.repository}: catalogue built {_when(c.built)}, "
+                           f"{int((now - c.built) // 86400)} days ago (more than {max_age_days}): is the mirror frozen?")
+    return out

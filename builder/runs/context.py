@@ -50,9 +50,10 @@ class Context:
         lock = where.lock or ((where.lock_dir or project.root / "releases") / f"{rel.name}.lock.json")
         return cls(project, rel, arches, Transport(), Cache(where.cache_dir), Path(lock), mirror, keys)
 
-    def ensure_lock(self, update: bool = False, warn: Callable[[str], None] = lambda m: None) -> Lock:
+    def ensure_lock(self, update: bool = False, warn: Callable[[str], None] = lambda m: None,
+                    allow_downgrade: bool = False) -> Lock:
         return ensure_lock(self.transport, self.release, self.project.family, self.arches, self.lock_path,
-                           update, warn)
+                           update, warn, allow_downgrade)
 
     def fetch_locked(self, lock: Lock, arch: str) -> dict[str, Path]:
         return fetch_locked(self.transport, self.cache, self.release, lock, arch)

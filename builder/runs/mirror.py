@@ -6,6 +6,7 @@ from pathlib import Path
 
 from builder.common.atomic import atomic_output, atomic_write_bytes
 from builder.errors import BuildError
+from builder.resolve.catalogue import check_repopath
 from builder.resolve.lock import Lock
 from builder.runs.context import Context
 
@@ -31,7 +32,12 @@ def mirror_release(ctx: Context, lock: Lock, dest: Path) -> dict[str, int]:
                         raise
             for n, p in lock.arches[arch].packages.items():
                 if p.repository == repo.key:
-                    with open(paths[n], "rb") as src, atomic_output(where / p.path) as out:
+                    # the lock file may have been edited by hand since the catalogue was checked
+                    check_repopath(p.path, f"{abi}: package {n}")
+                    target = (where / p.path).resolve()
+                    if where.resolve() not in target.parents:
+                        raise BuildError(f"{abi}: package {n}: {p.path} resolves to {target}, outside {where}")
+                    with open(paths[n], "rb") as src, atomic_output(target) as out:
                         shutil.copyfileobj(src, out, 1 << 20)
         done[abi] = len(paths)
     return done

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from builder.common.atomic import atomic_write_bytes
 from builder.runs.context import Context
 from builder.runs.images import build_release, human_size
-from builder.resolve.lock import Lock, fetch_catalogues, load_lock, make_lock, outdated, write_lock
+from builder.resolve.lock import Lock, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
 from builder.oci.layout import Layout
 from builder.oci.registry import Registry, parse_destination, publish, targets_in_layout
 from builder.prove.verify import VerifyRequest, verify
@@ -32,6 +32,7 @@ class NightlyOptions:
     report_dir: Path
     verify: bool = True
     auth: Optional[tuple[str, str]] = None   # registry user and password
+    allow_downgrade: bool = False            # accept a rollback of the lock (recorded in the report)
 
 
 def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
@@ -52,7 +53,11 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
     previous = load_lock(ctx.lock_path)
     fresh = [u.to_json() for u in outdated(previous, cats)] if previous else []
-    lock = make_lock(ctx.release, ctx.project.family, cats, warn=lambda m: log(f"warning: {m}"))
+    stale = stale_catalogues(cats, ctx.release.catalogue_max_age) if ctx.release.catalogue_max_age else []
+    for s in stale:
+        log(f"warning: {s}")
+    lock, accepted = relock(ctx.release, ctx.project.family, cats, previous, opts.allow_downgrade,
+                            warn=lambda m: log(f"warning: {m}"))
     write_lock(ctx.lock_path, lock)
     published_lock_path = opts.state_dir / f"{rel}.published.lock.json"
     published = load_lock(published_lock_path)
@@ -101,7 +106,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     if registry:
         write_lock(published_lock_path, lock)
     stats = registry.stats if registry else None
-    return {"release": rel, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh,
+    return {"release": rel, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh, "downgrades_accepted": accepted, "stale_catalogues": stale,
             "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
             "images": images, "published": pushed_any,
             "push": stats.to_json() if stats else None}
@@ -117,6 +122,10 @@ def markdown(report: dict) -> str:
             lines += [f"- {c['package']} {c['old'] or '(new)'} \u2192 {c['new'] or '(removed)'} ({', '.join(c['arches'])})"
                       for c in r["changed_since_last_publish"]]
             lines.append("")
+        for title, key in (("Downgrades accepted with --allow-downgrade", "downgrades_accepted"),
+                           ("Catalogues older than the release's catalogue-max-age", "stale_catalogues")):
+            if r.get(key):
+                lines += [f"**{title}:**", ""] + [f"- {d}" for d in r[key]] + [""]
         lines += ["| image | tags | arch | layers | size | digest | action |", "|---|---|---|---|---|---|---|"]
         for img in r["images"]:
             for p in img["platforms"]:
