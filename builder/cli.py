@@ -241,7 +241,7 @@ def cmd_build(args) -> int:
         ctx = _context(args, rel)
         lock = ctx.ensure_lock(args.update, out.warn)
         rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
-                           log=out.log)
+                           log=out.log, warn=out.warn)
         if args.archives:
             for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
                 out.log(f"wrote {path}")
