@@ -257,7 +257,7 @@ def cmd_build(args) -> int:
         ctx = _context(args, rel)
         lock = ctx.ensure_lock(args.update, out.warn, args.allow_downgrade)
         rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
-                           log=out.log, epoch=args.epoch, workers=args.workers)
+                           log=out.log, warn=out.warn, epoch=args.epoch, workers=args.workers)
         if args.archives:
             for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
                 out.log(f"wrote {path}")

@@ -57,7 +57,7 @@ def context(project: Path, release: str = "14.2", cache: Path | None = None, **k
     return Context.open(where, release)
 
 
-def build_one_arch(ctx: Context, arch: str, out: Path, epoch: int = 1731456000, **opts):
+def build_one_arch(ctx: Context, arch: str, out: Path, epoch: int = 1731456000, warn=None, **opts):
     lock = ctx.ensure_lock()
     layout = Layout(out).init()
 
@@ -65,8 +65,9 @@ def build_one_arch(ctx: Context, arch: str, out: Path, epoch: int = 1731456000, 
         return layout.put_stream(write)[0]
 
     paths = ctx.fetch_locked(lock, arch)
+    more = {"warn": warn} if warn is not None else {}
     results = build_arch(ctx.project.family, ctx.project.release(ctx.release.name), arch, lock.arches[arch],
-                         paths, BuildOptions(epoch=epoch, **opts), sink)
+                         paths, BuildOptions(epoch=epoch, **opts), sink, **more)
     return results, layout
 
 

@@ -41,6 +41,12 @@ def test_nightly_end_to_end(tmp_path, registry):  # noqa: F811
     assert {i["action"] for i in first["images"]} == {"published"}
     assert len(first["images"]) == 4 and all(len(i["platforms"]) == 2 for i in first["images"])
     assert "| freebsd14.2-small |" in md and "reproducible" in md
+    # every image's shared-library closure, counted
+    closures = {(i["image"], p["arch"]): p["closure"] for i in first["images"] for p in i["platforms"]}
+    assert all(c["unresolved"] == 0 for c in closures.values())
+    assert closures[("freebsd14.2-static", "amd64")]["elf_files"] == 0
+    assert closures[("freebsd14.2-small", "amd64")]["dynamic"] > 0
+    assert "| ELF files | dynamic | libraries | unresolved |" in md
     digests1 = {i["image"]: i["index"] for i in first["images"]}
 
     second, _ = night(project, out, env)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from builder.config import schema as S
+from builder.install.closure import AcceptMiss
 from builder.config.yamlsrc import Located, load_file
 from builder.errors import ConfigError, Diagnostic
 
@@ -87,6 +88,8 @@ class Flavour:
     remove: tuple[str, ...] = ()
     config: ImageConfig = ImageConfig()
     ignore_scripts: tuple[tuple[str, str], ...] = ()  # (package, reason)
+    accept_missing: tuple[AcceptMiss, ...] = ()       # shared-library misses let through, with a reason
+    static: bool = False                              # no dynamically linked ELF file may ship
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class ResolvedFlavour:
     remove: tuple[str, ...]
     config: ImageConfig
     ignore_scripts: tuple[tuple[str, str], ...]
+    accept_missing: tuple[AcceptMiss, ...] = ()   # inherited: a child ships its parent's files
+    static: bool = False                          # not inherited: children add the C runtime
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ class Family:
         files: dict[str, FileSpec] = {}
         remove: list[str] = []
         ignore: dict[str, str] = {}
+        accept: dict[tuple[str, str], AcceptMiss] = {}
         skeleton = None
         config = self.defaults
         for link in chain:
@@ -154,6 +160,7 @@ class Family:
                 files[f.path] = f
             remove.extend(r for r in fl.remove if r not in remove)
             ignore.update(fl.ignore_scripts)
+            accept.update({(a.elf, a.soname): a for a in fl.accept_missing})
             skeleton = fl.skeleton or skeleton
             config = config.merged(fl.config)
         me = self.flavours[name]
@@ -162,6 +169,7 @@ class Family:
             packages=tuple(packages), own_packages=me.packages, extract=tuple(extract),
             skeleton=skeleton, files=tuple(files.values()), remove=tuple(remove),
             config=config, ignore_scripts=tuple(sorted(ignore.items())),
+            accept_missing=tuple(accept[k] for k in sorted(accept)), static=me.static,
         )
 
 
@@ -205,6 +213,14 @@ _FLAVOUR = S.Struct({
     "remove": S.Field(S.ListOf(S.Str(pattern=ABS_PATH, expected="an absolute path"), unique=True)),
     "config": S.Field(_CONFIG),
     "ignore-scripts": S.Field(S.MapOf(S.Str(expected="a reason"), key_pattern=PKG_NAME, key_expected="a package name")),
+    "accept-missing-libraries": S.Field(S.ListOf(S.Struct({
+        "elf": S.Field(S.Str(pattern=ABS_PATH, expected="the absolute path of an ELF file in the image"), required=True),
+        "soname": S.Field(S.Str(pattern=r"[^\s]+", expected="a library name like libfoo.so.1 (or the interpreter path)"),
+                          required=True),
+        "reason": S.Field(S.Str(pattern=r"(?s)\s*\S.*", expected="a reason (why the image can do without it)"),
+                          required=True),
+    }))),
+    "static": S.Field(S.Bool()),
 })
 FAMILY_SCHEMA = S.Struct({
     "schema": S.Field(S.Int(minimum=1), required=True),
@@ -240,6 +256,17 @@ def _check_structure(doc: Located, out: list[Diagnostic]) -> None:
         for i, f in enumerate(body.get("files") or []):
             if isinstance(f, dict) and ("template" in f) == ("content" in f):
                 out.append(doc.diag(("flavours", name, "files", i), "a file needs exactly one of 'template' or 'content'"))
+        pairs: dict = {}
+        for i, a in enumerate(body.get("accept-missing-libraries") or []):
+            if isinstance(a, dict):
+                key = (a.get("elf"), a.get("soname"))
+                if key in pairs:
+                    out.append(doc.diag(("flavours", name, "accept-missing-libraries", i),
+                                        f"{key[0]} / {key[1]} is already accepted (entry {pairs[key]})"))
+                pairs.setdefault(key, i)
+        if body.get("static") and body.get("accept-missing-libraries"):
+            out.append(doc.diag(("flavours", name, "accept-missing-libraries"),
+                                "a static flavour ships no dynamically linked file, so it has no library to accept missing"))
         pkgs = [p if isinstance(p, str) else p.get("name") for p in body.get("packages") or [] if isinstance(p, (str, dict))]
         seen: set = set()
         for i, p in enumerate(pkgs):
@@ -290,6 +317,9 @@ def parse_family(doc: Located, base_dir: Path) -> Family:
             remove=tuple(body.get("remove") or []),
             config=_config(body.get("config")),
             ignore_scripts=tuple(sorted((body.get("ignore-scripts") or {}).items())),
+            accept_missing=tuple(AcceptMiss(a["elf"], a["soname"], a["reason"].strip())
+                                 for a in body.get("accept-missing-libraries") or []),
+            static=bool(body.get("static", False)),
         )
     return Family(source=doc.file, flavours=flavours, defaults=_config(doc.data.get("defaults")), base_dir=base_dir)
 

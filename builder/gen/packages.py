@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Optional
 
 from builder.common.compress import gzip_member
-from builder.gen.payload import Filler, ca_certificate, elf_file, tzif
+from builder.gen.payload import RTLD, Filler, ca_certificate, elf_image, tzif
 
 PWD_SCRIPT = ("pwd_mkdb -i -p -d ${PKG_ROOTDIR}/etc ${PKG_ROOTDIR}/etc/master.passwd\n"
               "services_mkdb -l -q -o ${PKG_ROOTDIR}/var/db/services.db ${PKG_ROOTDIR}/etc/services")
@@ -29,6 +29,12 @@ class GenFile:
     target: str = ""                 # symlink target or hard link source
     uname: str = "root"
     gname: str = "wheel"
+    # ELF stand-ins: ``data`` holds the filler body until ``link`` builds the
+    # file around it with the package's libraries (eager filler keeps every
+    # other file's bytes independent of link details).
+    elf: Optional[str] = None        # exe | lib | rtld | static
+    needed: tuple[str, ...] = ()     # besides the package's shlibs_required
+    runpath: Optional[str] = None
 
 
 @dataclass
@@ -50,6 +56,7 @@ class GenPackage:
     shlibs_provided: tuple[str, ...] = ()
     bulk_kb: int = 0                 # extra payload at scale 1
     bulk_dir: str = "/usr/lib"
+    bulk_elf: bool = True            # False: the bulk is data files, not programs and libraries
     version: Optional[str] = None    # None: the repository's version
     desc: Optional[str] = None
 
@@ -58,12 +65,40 @@ def _data(name: str) -> bytes:
     return resources.files("builder.gen").joinpath("data").joinpath(name).read_bytes()
 
 
-def _exe(path: str, arch: str, filler: Filler, size: int = 3064, mode: int = 0o555) -> GenFile:
-    return GenFile(path, data=elf_file(arch, False, size, filler), mode=mode)
+def _exe(path: str, arch: str, filler: Filler, size: int = 3064, mode: int = 0o555, **links) -> GenFile:
+    return GenFile(path, data=filler.bytes(size), mode=mode, elf=links.pop("elf", "exe"), **links)
 
 
-def _lib(path: str, arch: str, filler: Filler, size: int) -> GenFile:
-    return GenFile(path, data=elf_file(arch, True, size, filler), mode=0o444)
+def _lib(path: str, arch: str, filler: Filler, size: int, **links) -> GenFile:
+    return GenFile(path, data=filler.bytes(size), mode=0o444, elf=links.pop("elf", "lib"), **links)
+
+
+def elf_stand_in(arch: str, kind: str, path: str, body: bytes, needed: tuple[str, ...],
+                 runpath: Optional[str] = None) -> bytes:
+    """The ELF file a stand-in of this kind is: what FreeBSD's would carry for the loader.
+
+    Executables ask for ld-elf.so.1, libraries name themselves (DT_SONAME is
+    the file name, as in FreeBSD), both need the package's libraries; rtld
+    itself has a dynamic section but needs nothing; static ones have none.
+    """
+    name = path.rsplit("/", 1)[1]
+    if kind == "static":
+        return elf_image(arch, False, body, dynamic=False)
+    if kind == "rtld":
+        return elf_image(arch, True, body)
+    if kind == "lib":
+        return elf_image(arch, True, body, needed=tuple(n for n in needed if n != name), soname=name, runpath=runpath)
+    return elf_image(arch, False, body, needed=needed, interp=RTLD, runpath=runpath)
+
+
+def link(pkgs: list[GenPackage], arch: str) -> list[GenPackage]:
+    for p in pkgs:
+        for g in p.files:
+            if g.elf is not None:
+                g.data = elf_stand_in(arch, g.elf, g.path, g.data, tuple(dict.fromkeys(g.needed + p.shlibs_required)),
+                                      g.runpath)
+                g.elf = None
+    return pkgs
 
 
 def _etc(path: str, mode: int = 0o644) -> GenFile:
@@ -78,6 +113,7 @@ CA_UNTRUSTED = ("Demo_Revoked_Root_CA",)
 def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
     f = Filler(f"{seed}/{arch}")
     kb = 1024
+    libc = ("libc.so.7",)
     runtime_bins = ["/bin/sh", "/bin/ls", "/bin/cat", "/bin/cp", "/bin/mv", "/bin/rm", "/bin/mkdir",
                     "/bin/chmod", "/bin/test", "/bin/ln", "/bin/echo", "/bin/ps", "/bin/date", "/bin/csh",
                     "/sbin/init", "/sbin/nologin", "/usr/sbin/pwd_mkdb", "/usr/sbin/services_mkdb",
@@ -110,11 +146,15 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
         bulk_kb=300, bulk_dir="/usr/libexec")
     clibs = GenPackage(
         "FreeBSD-clibs", "base/clibs", "Core C Libraries", vital=True, annotations={"set": "minimal"},
-        files=[_lib("/lib/libc.so.7", arch, f, 400 * kb), _lib("/lib/libthr.so.3", arch, f, 60 * kb),
-               _lib("/lib/libm.so.5", arch, f, 90 * kb), _lib("/lib/libgcc_s.so.1", arch, f, 40 * kb),
-               _lib("/lib/libcxxrt.so.1", arch, f, 50 * kb), _exe("/libexec/ld-elf.so.1", arch, f, 60 * kb),
-               _lib("/usr/lib/libc++.so.1", arch, f, 200 * kb), _lib("/lib/libz.so.6", arch, f, 50 * kb),
-               _lib("/lib/libcrypt.so.5", arch, f, 25 * kb),
+        # pkg leaves a package's own libraries out of shlibs_required: these need libc all the same.
+        files=[_lib("/lib/libc.so.7", arch, f, 400 * kb), _lib("/lib/libthr.so.3", arch, f, 60 * kb, needed=libc),
+               _lib("/lib/libm.so.5", arch, f, 90 * kb, needed=libc),
+               _lib("/lib/libgcc_s.so.1", arch, f, 40 * kb, needed=libc),
+               _lib("/lib/libcxxrt.so.1", arch, f, 50 * kb, needed=("libgcc_s.so.1",) + libc),
+               _exe("/libexec/ld-elf.so.1", arch, f, 60 * kb, elf="rtld"),
+               _lib("/usr/lib/libc++.so.1", arch, f, 200 * kb, needed=("libcxxrt.so.1", "libgcc_s.so.1") + libc),
+               _lib("/lib/libz.so.6", arch, f, 50 * kb, needed=libc),
+               _lib("/lib/libcrypt.so.5", arch, f, 25 * kb, needed=libc),
                GenFile("/usr/lib/libthr.so", kind="symlink", target="../../lib/libthr.so.3", mode=0o777)],
         shlibs_provided=("libc++.so.1", "libc.so.7", "libcrypt.so.5", "libcxxrt.so.1", "libgcc_s.so.1",
                          "libm.so.5", "libthr.so.3", "libz.so.6"),
@@ -153,12 +193,12 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
            GenFile("/usr/share/zoneinfo/UTC", kind="hardlink", target="/usr/share/zoneinfo/Etc/UTC"),
            GenFile("/usr/share/zoneinfo/Etc/Universal", kind="hardlink", target="/usr/share/zoneinfo/Etc/UTC"),
            GenFile("/usr/share/zoneinfo/Etc/Zulu", kind="hardlink", target="/usr/share/zoneinfo/Etc/UTC")],
-        bulk_kb=40, bulk_dir="/usr/share/zoneinfo/posix")
+        bulk_kb=40, bulk_dir="/usr/share/zoneinfo/posix", bulk_elf=False)
     mtree = GenPackage(
         "FreeBSD-mtree", "base/mtree", "mtree utility and FreeBSD hierarchy specs",
         files=[GenFile(f"/etc/mtree/{n}", data=_data(f"mtree/{n}"), mode=0o444)
                for n in ("BSD.root.dist", "BSD.var.dist", "BSD.usr.dist", "BSD.include.dist", "BSD.debug.dist")]
-        + [_exe("/usr/sbin/mtree", arch, f, 3064)])
+        + [_exe("/usr/sbin/mtree", arch, f, 3064)], shlibs_required=("libc.so.7",))
     kerberos = GenPackage(
         "FreeBSD-kerberos-lib", "base/kerberos-lib", "Kerberos Libraries", deps=("FreeBSD-clibs",),
         files=[_lib("/usr/lib/libkrb5.so.11", arch, f, 60 * kb), _lib("/usr/lib/libgssapi.so.10", arch, f, 30 * kb)],
@@ -191,7 +231,7 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
         + [GenFile("/etc/rc", data=b"#!/bin/sh\n# System startup script run by init on autoboot\n", mode=0o644),
            GenFile("/etc/rc.subr", data=b"# rc.subr: functions used by various rc scripts\n" * 40, mode=0o644),
            GenFile("/etc/defaults/rc.conf", data=b"# This is rc.conf - a file full of useful variables\n" * 60, mode=0o644)],
-        bulk_kb=30, bulk_dir="/usr/share/examples/rc")
+        bulk_kb=30, bulk_dir="/usr/share/examples/rc", bulk_elf=False)
     bootstrap = GenPackage(
         "FreeBSD-pkg-bootstrap", "base/pkg-bootstrap", "pkg(7) bootstrap tool", deps=("FreeBSD-clibs",),
         files=[_exe("/usr/sbin/pkg", arch, f, 3064),
@@ -204,10 +244,10 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
                    '  enabled: yes\n'
                    '}\n').encode())],
         config=("/etc/pkg/FreeBSD.conf",),
-        directories=[("/usr/share/keys/pkg/revoked", 0o755)])
+        directories=[("/usr/share/keys/pkg/revoked", 0o755)], shlibs_required=("libc.so.7",))
     rescue = GenPackage(
         "FreeBSD-rescue", "base/rescue", "Statically linked rescue tools",
-        files=[_exe("/rescue/rescue", arch, f, 200 * kb)]
+        files=[_exe("/rescue/rescue", arch, f, 200 * kb, elf="static")]
         + [GenFile(f"/rescue/{n}", kind="hardlink", target="/rescue/rescue", mode=0o555)
            for n in ("sh", "ls", "cat", "mount")])
     util_bins = ["awk", "sed", "grep", "find", "xargs", "tar", "less", "vi", "head", "tail", "sort", "uniq",
@@ -228,12 +268,12 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
                for n in util_bins[:5]])
     runtime_dbg = GenPackage(
         "FreeBSD-runtime-dbg", "base/runtime-dbg", "FreeBSD Base System (Debugging Symbols)", deps=("FreeBSD-runtime",),
-        files=[GenFile("/usr/lib/debug/bin/sh.debug", data=elf_file(arch, False, 8 * kb, f), mode=0o444)])
+        files=[GenFile("/usr/lib/debug/bin/sh.debug", data=f.bytes(8 * kb), mode=0o444, elf="static")])
     pkgs = [runtime, clibs, clibs_dev, openssl_lib, openssl, caroot, certctl, zoneinfo, mtree, kerberos,
             libarchive, libexecinfo, libucl, fetch, rc, bootstrap, rescue, utilities, utilities_man, runtime_dbg]
     for p in pkgs:
         p.desc = p.comment + "."
-    return pkgs
+    return link(pkgs, arch)
 
 
 def ports_packages(arch: str, seed: str, abi_version: str) -> list[GenPackage]:
@@ -241,11 +281,13 @@ def ports_packages(arch: str, seed: str, abi_version: str) -> list[GenPackage]:
     pkg = GenPackage(
         "pkg", "ports-mgmt/pkg", "Package manager", prefix="/usr/local", categories=("ports-mgmt",),
         annotations={"FreeBSD_version": abi_version, "flavor": ""}, version="2.0.6",
-        files=[_exe("/usr/local/sbin/pkg", arch, f, 6 * 1024), _exe("/usr/local/sbin/pkg-static", arch, f, 12 * 1024),
+        # pkg finds libpkg next door through its run path, as a relocatable port would.
+        files=[_exe("/usr/local/sbin/pkg", arch, f, 6 * 1024, needed=("libpkg.so.4",), runpath="$ORIGIN/../lib"),
+               _exe("/usr/local/sbin/pkg-static", arch, f, 12 * 1024, elf="static"),
                _lib("/usr/local/lib/libpkg.so.4", arch, f, 8 * 1024),
                GenFile("/usr/local/etc/pkg.conf.sample", data=b"# pkg.conf: see pkg.conf(5)\n", mode=0o644),
                GenFile("/usr/local/share/man/man8/pkg.8.gz", data=gzip_member(b".Dd\n.Dt PKG 8\n", 9), mode=0o444)],
         shlibs_required=("libc.so.7", "libcrypto.so.30", "libssl.so.30"), shlibs_provided=("libpkg.so.4",),
         bulk_kb=40, bulk_dir="/usr/local/libexec/pkg")
     pkg.desc = "Package manager."
-    return [pkg]
+    return link([pkg], arch)

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from builder.common import tarutil
 from builder.common.atomic import atomic_write_bytes
 from builder.config.release import Release
-from builder.gen.packages import GenFile, GenPackage, base_packages, ports_packages
-from builder.gen.payload import Filler, elf_file
+from builder.gen.packages import GenFile, GenPackage, base_packages, elf_stand_in, ports_packages
+from builder.gen.payload import Filler
 from builder.resolve import ucl
 
 OLD_ARCH = {"amd64": "x86:64", "aarch64": "aarch64:64", "riscv64": "riscv:64", "i386": "x86:32",
@@ -73,9 +73,14 @@ def _bulk(pkg: GenPackage, arch: str, scale: float, seed: str) -> list[GenFile]:
     i = 0
     while total > 0:
         size = min(total, f.rng.randrange(8 << 10, 160 << 10))
-        shared = i % 3 != 0
-        name = f"{pkg.bulk_dir}/{pkg.name[8:] or 'x'}-{i:04d}{'.so.1' if shared else ''}"
-        out.append(GenFile(name, data=elf_file(arch, shared, size, f), mode=0o444 if shared else 0o555))
+        if not pkg.bulk_elf:
+            out.append(GenFile(f"{pkg.bulk_dir}/{pkg.name[8:] or 'x'}-{i:04d}", data=f.bytes(size), mode=0o444))
+        else:
+            shared = i % 3 != 0
+            name = f"{pkg.bulk_dir}/{pkg.name[8:] or 'x'}-{i:04d}{'.so.1' if shared else ''}"
+            out.append(GenFile(name, data=elf_stand_in(arch, "lib" if shared else "exe", name, f.bytes(size),
+                                                       pkg.shlibs_required),
+                               mode=0o444 if shared else 0o555))
         total -= size
         i += 1
     return out

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from builder.errors import BuildError
+from builder.install.elf import ElfInfo
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Node:
     owner: str = ""             # package that installed it ("" for skeleton, generated)
     source: str = ""            # "pkg:<name>" | "generated" | "skeleton"
     data: Optional[bytes] = field(default=None, compare=False, repr=False)  # generated content
+    elf: Optional[ElfInfo] = field(default=None, compare=False, repr=False)  # what the dynamic linker reads
 
     def same_as(self, other: "Node") -> bool:
         keys = ("kind", "mode", "uname", "gname", "mtime", "sha256", "target")

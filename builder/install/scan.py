@@ -1,17 +1,23 @@
 """Scan packages into the filesystem model, checking everything on the way in.
 
 A scan streams each .pkg once: it hashes every file, checks ELF headers
-against the target arch, and refuses hostile entries (``..``, links that climb
-out of the root, hard links to nothing, device nodes, archive bombs), naming
-the package, the path and the reason.
+against the target arch, reads each ELF file's dynamic section (for the
+shared-library closure), and refuses hostile entries (``..``, links that
+climb out of the root, hard links to nothing, device nodes, archive bombs),
+naming the package, the path and the reason.
+
+The ELF reader keeps a bounded part of each file while it streams by (see
+builder.install.elf). The rare file whose strings lay behind that part is
+read once more, in one more pass over the package for all such files.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.install import elf
 from builder.install.fsmodel import FileSystem, Node, check_path, check_symlink
 from builder.install.pkgfile import PackageReader
 from builder.common.compress import Limit
@@ -45,14 +51,15 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
     limit = Limit(None)
     out = ScannedPackage(name, Path(pkg_path), {})
     seen: dict[str, Node] = {}
+    again: dict[str, tuple[int, list]] = {}   # ELF files to read once more: path -> (size, regions)
     with open(pkg_path, "rb") as fh:
-        reader = PackageReader(fh, what, limit)
-        for entry, stream in reader.entries():
+        pkg_reader = PackageReader(fh, what, limit)
+        for entry, stream in pkg_reader.entries():
             if limit.value is None:
-                flat = int(reader.manifest.get("flatsize") or 0)
+                flat = int(pkg_reader.manifest.get("flatsize") or 0)
                 limit.value = 2 * flat + BOMB_SLACK
-                if reader.manifest.get("name") not in (None, name):
-                    raise BuildError(f"{what}: manifest says it is {reader.manifest.get('name')}")
+                if pkg_reader.manifest.get("name") not in (None, name):
+                    raise BuildError(f"{what}: manifest says it is {pkg_reader.manifest.get('name')}")
             path = check_path(entry.path, what)
             mtime = min(entry.mtime, epoch)
             if entry.kind == "file":
@@ -60,9 +67,14 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                 head = b""
                 size = 0
                 keep = [] if entry.config else None
+                reader = None
                 while chunk := stream.read(1 << 16):
                     if not head:
                         head = chunk[:64]
+                        if elf.is_elf(head):
+                            reader = elf.ElfReader(entry.size)
+                    if reader is not None:
+                        reader.feed(chunk)
                     h.update(chunk)
                     size += len(chunk)
                     if keep is not None:
@@ -70,8 +82,13 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                 if keep is not None:
                     out.config[path] = b"".join(keep)
                 check_elf(head, arch, what, path)
+                info = None
+                if reader is not None:
+                    info = reader.finish()
+                    if info is None:
+                        again[path] = (entry.size, reader.regions)
                 node = Node(path, "file", entry.mode, entry.uname, entry.gname, mtime, size, h.hexdigest(),
-                            owner=name, source=f"pkg:{name}")
+                            owner=name, source=f"pkg:{name}", elf=info)
             elif entry.kind == "dir":
                 node = Node(path, "dir", entry.mode, entry.uname, entry.gname, mtime, owner=name, source=f"pkg:{name}")
             elif entry.kind == "symlink":
@@ -86,13 +103,42 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                     raise BuildError(f"{what}: refusing hard link {path} -> {entry.target}: "
                                      "target is not a file earlier in this package (escapes the package)")
                 node = Node(path, "hardlink", src.mode, src.uname, src.gname, src.mtime, src.size, src.sha256,
-                            target=target, owner=name, source=f"pkg:{name}")
+                            target=target, owner=name, source=f"pkg:{name}", elf=src.elf)
             else:
                 raise BuildError(f"{what}: refusing {entry.kind} entry {path}: device nodes and special files are not installed")
             seen[path] = node
             out.nodes.append(node)
-        out.manifest = reader.manifest
+        out.manifest = pkg_reader.manifest
+    if again:
+        found = _read_again(pkg_path, what, limit, again)
+        out.nodes = [replace(n, elf=found[n.target if n.kind == "hardlink" else n.path])
+                     if n.kind in ("file", "hardlink") and (n.target if n.kind == "hardlink" else n.path) in found
+                     else n for n in out.nodes]
     return out
+
+
+def _read_again(pkg_path: Path, what: str, limit: Limit, files: dict[str, tuple[int, list]]) -> dict[str, elf.ElfInfo]:
+    """Stream the package again for the ELF files whose dynamic strings streamed past unkept."""
+    found: dict[str, elf.ElfInfo] = {}
+    for _ in range(elf.MAX_PASSES - 1):
+        with open(pkg_path, "rb") as fh:
+            for entry, stream in PackageReader(fh, what, limit).entries():
+                if entry.kind != "file" or entry.path not in files or entry.path in found:
+                    continue
+                size, regions = files[entry.path]
+                reader = elf.ElfReader(size, regions)
+                while chunk := stream.read(1 << 16):
+                    reader.feed(chunk)
+                info = reader.finish()
+                if info is not None:
+                    found[entry.path] = info
+                else:
+                    files[entry.path] = (size, reader.regions)
+        if len(found) == len(files):
+            return found
+    for path, (size, regions) in files.items():
+        found.setdefault(path, elf.ElfReader(size, regions).give_up())
+    return found
 
 
 def install(fs: FileSystem, scanned: ScannedPackage) -> None:

@@ -8,6 +8,7 @@ parent's filesystem, so each layer holds exactly the flavour's delta.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,7 +24,7 @@ from builder.install.scan import ScannedPackage, install, read_member, scan_pack
 from builder.layers.writer import IdMap, LayerInfo, write_layer
 from builder.resolve.lock import ArchLock
 from builder.install.pkgdb import Registration, build_pkgdb
-from builder.install import certctl, dbtools
+from builder.install import certctl, closure, dbtools
 from builder.install.scripts import recognise
 
 PKGDB_PATH = "/var/db/pkg/local.sqlite"
@@ -54,6 +55,7 @@ class FlavourResult:
     config: object = None                 # the resolved ImageConfig
     description: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    closure: Optional[closure.Closure] = None   # the image's shared-library closure
 
 
 class _Contents:
@@ -143,9 +145,14 @@ def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch:
                         target=link.target, source="generated:certctl"), "certctl", allow_replace=True)
 
 
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
 def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, packages: dict[str, Path],
                opts: BuildOptions, sink: BlobSink, flavours: Optional[list[str]] = None,
-               repo_names: Optional[dict[str, str]] = None) -> dict[str, FlavourResult]:
+               repo_names: Optional[dict[str, str]] = None,
+               warn: Callable[[str], None] = _warn) -> dict[str, FlavourResult]:
     """Every flavour (or those named, with their ancestors) for one arch.
 
     ``release`` must be the release as declared (not re-rooted on a mirror):
@@ -166,6 +173,19 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
                 raise BuildError(f"{release.name}/{arch}: package {name} is not in the lock file")
             scans[name] = scan_package(packages[name], name, arch, epoch)
         return scans[name]
+
+    def providers() -> dict[str, list[str]]:
+        # Only on failure: scanning the whole lock costs a pass over packages no flavour may need.
+        out: dict[str, set[str]] = {}
+        for name in sorted(n for n in lock.packages if n in packages):
+            sp = scanned(name)
+            for lib in sp.manifest.get("shlibs_provided") or ():
+                out.setdefault(lib, set()).add(name)
+            for node in sp.nodes:
+                if node.elf is not None and node.elf.shared_object:
+                    for key in {node.elf.soname, node.path.rsplit("/", 1)[1]} - {None}:
+                        out.setdefault(key, set()).add(name)
+        return {k: sorted(v) for k, v in out.items()}
 
     results: dict[str, FlavourResult] = {}
     version_pkg = lock.packages.get(release.version_package)
@@ -219,6 +239,19 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
             db = build_pkgdb(regs, epoch, release.pkgdb_user_version)
             fs.add(_generated(PKGDB_PATH, db, 0o644, epoch, "pkg"), "pkg", allow_replace=True)
 
+        where = f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname})"
+        links, unused = closure.check(fs, where, static=fl.static, accept=fl.accept_missing,
+                                      read=lambda paths: contents.read(fs, paths), providers=providers,
+                                      installed=names)
+        for miss, reason in links.accepted:
+            warn(f"{where}: {miss.elf} ({miss.package}) needs {miss.kind} {miss.soname}, which is not in the image; "
+                 f"accepted in families.yaml: {reason}")
+        own = set(family.flavours[fname].accept_missing)
+        for a in unused:
+            if a in own:
+                warn(f"{where}: accept-missing-libraries entry {a.elf} / {a.soname} matches nothing that is missing; "
+                     "remove it from families.yaml")
+
         ids = _ids(fs, contents)
         added = sorted(set(names) - before)
         what = ", ".join(added) if added else "no packages"
@@ -237,7 +270,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,
             config=fl.config, description=fl.description,
-            versions={n: lock.packages[n].version for n in names})
+            versions={n: lock.packages[n].version for n in names}, closure=links)
     return results
 
 

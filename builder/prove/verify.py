@@ -69,7 +69,7 @@ def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
         out = home / "out"
         env = dict(os.environ, HOME=str(home), TZ=p["TZ"], LC_ALL=p["LC_ALL"], PYTHONHASHSEED=p["PYTHONHASHSEED"],
                    XDG_CACHE_HOME=str(first_cache),
-                   PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+                   PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2])]
                                               + [x for x in [os.environ.get("PYTHONPATH")] if x]))
         argv = [sys.executable, "-m", "builder", *project_args, "build", *build_argv, "--out", str(out),
                 "--jobs", p["jobs"]]

@@ -22,7 +22,7 @@ from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate, scale_for, tree_size
 from builder.oci.layout import Layout
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the project root: builder/runs/bench.py
 
 
 def _image_bytes(layout: Layout, ref: str) -> tuple[int, int]:

@@ -33,6 +33,7 @@ class BuiltImage:
     version: str
     tags: tuple[str, ...]
     packages: tuple[tuple[str, str], ...]   # (name, version) installed
+    closure: Optional[dict] = None          # shared-library closure counts (Closure.to_json)
 
     @property
     def size(self) -> int:
@@ -41,7 +42,7 @@ class BuiltImage:
     def to_json(self) -> dict:
         return {"image": self.name, "tags": list(self.tags), "arch": self.arch, "platform": self.platform,
                 "layers": len(self.layers), "size": self.size, "digest": self.manifest.digest,
-                "config": self.config.digest, "version": self.version}
+                "config": self.config.digest, "version": self.version, "closure": self.closure}
 
 
 @dataclass
@@ -77,7 +78,8 @@ def build_epoch(lock: Lock, explicit: Optional[int] = None) -> tuple[int, str]:
 
 def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[str]] = None,
                   compression: str = "gzip", squash: bool = False, jobs: int = 2,
-                  log=lambda msg: print(msg, file=sys.stderr), epoch: Optional[int] = None,
+                  log=lambda msg: print(msg, file=sys.stderr),
+                  warn=lambda msg: print(f"warning: {msg}", file=sys.stderr), epoch: Optional[int] = None,
                   workers: int = os.cpu_count() or 1) -> ReleaseBuild:
     family = ctx.project.family
     declared = ctx.project.release(ctx.release.name)   # URLs as declared, not the mirror's
@@ -107,7 +109,7 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             raise BuildError(f"{ctx.release.name}: arch {arch} is not in the lock file {ctx.lock_path}")
         paths = ctx.fetch_locked(lock, arch)
         log(f"{ctx.release.name}/{arch}: {len(paths)} packages ready, building")
-        return arch, build_arch(family, declared, arch, lock.arches[arch], paths, opts, sink, flavours)
+        return arch, build_arch(family, declared, arch, lock.arches[arch], paths, opts, sink, flavours, warn=warn)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = dict(pool.map(one, ctx.arches))
@@ -135,7 +137,7 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             man = layout.put_json(oci.manifest(cfg, layers, oci.annotations(meta, base_digest)), MANIFEST_MT,
                                   platform=oci.platform(a))
             img = BuiltImage(name, fname, arch, a.platform, man, cfg, tuple(res.layers), res.version, tags,
-                             tuple(sorted(res.versions.items())))
+                             tuple(sorted(res.versions.items())), res.closure.to_json() if res.closure else None)
             by_key[(fname, arch)] = img
             images.append(img)
 

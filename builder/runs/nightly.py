@@ -48,6 +48,13 @@ def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
     return [{"package": n, "old": o, "new": v, "arches": a} for (n, o, v), a in out.items()]
 
 
+def _closure_counts(closure: Optional[dict]) -> Optional[dict]:
+    if closure is None:
+        return None
+    keep = ("elf_files", "dynamic", "libraries", "needed", "unresolved")
+    return {k: closure[k] for k in keep} | {"accepted": closure["accepted"]}
+
+
 def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     rel = ctx.release.name
     cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
@@ -64,7 +71,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     changes = changed_packages(published, lock)
     log(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
 
-    rb = build_release(ctx, lock, opts.out, log=log)
+    rb = build_release(ctx, lock, opts.out, log=log, warn=lambda m: log(f"warning: {m}"))
     reproducible = None
     differences: list[str] = []
     if opts.verify:
@@ -102,7 +109,8 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
         images.append({"image": t.name, "tags": list(t.tags), "index": t.index_digest, "action": action,
                        "previous": current,
                        "platforms": [{"arch": i.arch, "platform": i.platform, "digest": i.manifest.digest,
-                                      "layers": len(i.layers), "size": i.size} for i in built]})
+                                      "layers": len(i.layers), "size": i.size, "closure": _closure_counts(i.closure)}
+                                     for i in built]})
     if registry:
         write_lock(published_lock_path, lock)
     stats = registry.stats if registry else None
@@ -126,12 +134,20 @@ def markdown(report: dict) -> str:
                            ("Catalogues older than the release's catalogue-max-age", "stale_catalogues")):
             if r.get(key):
                 lines += [f"**{title}:**", ""] + [f"- {d}" for d in r[key]] + [""]
-        lines += ["| image | tags | arch | layers | size | digest | action |", "|---|---|---|---|---|---|---|"]
+        lines += ["| image | tags | arch | layers | size | ELF files | dynamic | libraries | unresolved | digest | action |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        accepted = []
         for img in r["images"]:
             for p in img["platforms"]:
+                c = p.get("closure") or {}
+                counts = " | ".join(str(c.get(k, "-")) for k in ("elf_files", "dynamic", "libraries", "unresolved"))
                 lines.append(f"| {img['image']} | {', '.join(img['tags'])} | {p['platform']} | {p['layers']} | "
-                             f"{human_size(p['size'])} | `{p['digest']}` | {img['action']} |")
+                             f"{human_size(p['size'])} | {counts} | `{p['digest']}` | {img['action']} |")
+                accepted += [f"- {img['image']} ({p['platform']}): {a['elf']} needs {a['soname']}: {a['reason']}"
+                             for a in c.get("accepted", [])]
         lines.append("")
+        if accepted:
+            lines += ["Unresolved shared libraries accepted in families.yaml:", ""] + accepted + [""]
         if r["differences"]:
             lines += ["Differences between the two verification builds:", "", "```"] + r["differences"] + ["```", ""]
     return "\n".join(lines)
