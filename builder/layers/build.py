@@ -19,7 +19,7 @@ from builder.config.family import Family, ResolvedFlavour
 from builder.config.release import Release
 from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem, Node, delta
-from builder.install.scan import ScannedPackage, read_member, scan_package
+from builder.install.scan import ScannedPackage, install, read_member, scan_package
 from builder.layers.writer import IdMap, LayerInfo, write_layer
 from builder.resolve.lock import ArchLock
 from builder.install.pkgdb import Registration, build_pkgdb
@@ -195,8 +195,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
             sp = scanned(name)
             actions |= recognise(name, sp.manifest.get("scripts") or {}, ignored)
             if name not in before:
-                for node in sp.nodes:
-                    fs.add(node, f"package {name}")
+                install(fs, sp)
         for ex in fl.extract:
             sp = scanned(ex.package)
             by_path = {n.path: n for n in sp.nodes}
@@ -215,6 +214,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
         for r in fl.remove:
             fs.remove(r)
         _post_install(fs, actions, contents, epoch)
+        fs.verify(f"flavour {fname}")
         regs = []
         for name in sorted(names):
             sp = scanned(name)
