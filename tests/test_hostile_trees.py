@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
 from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem, Node, normalise
@@ -213,8 +213,8 @@ ENTRY = st.one_of(
               st.sampled_from([b"", b"x", b"hello\n", bytes(700)])),
     st.tuples(st.just("dir"), NAMES, st.sampled_from([0o755, 0o750, 0o700]), st.just(b"")),
     st.tuples(st.just("symlink"), NAMES, st.just(0o777), TARGETS),
-    # a hard link to an earlier entry (by index), or to any name
-    st.tuples(st.just("hardlink"), NAMES, st.just(0o644), st.one_of(st.integers(0, 7), st.integers(0, 7), NAMES)),
+    # a hard link to an earlier file (by index), or to any name
+    st.tuples(st.just("hardlink"), NAMES, st.just(0o644), st.one_of(*[st.integers(0, 7)] * 4, NAMES)),
 )
 TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
 
@@ -224,9 +224,14 @@ def _tar_entries(spec):
     for i, (kind, name, mode, extra) in enumerate(spec):
         if kind == "symlink":
             ti, data = symlink(name, extra)
+        elif kind == "hardlink" and isinstance(extra, int):
+            files = [spec[j][1] for j in range(i) if spec[j][0] == "file"]
+            if files:
+                ti, data = entry(name, tarfile.LNKTYPE, linkname=files[extra % len(files)])
+            else:
+                ti, data = entry(name, data=b"no file to link to yet %d" % i)
         elif kind == "hardlink":
-            target = spec[extra % i][1] if isinstance(extra, int) and i else str(extra)
-            ti, data = entry(name, tarfile.LNKTYPE, linkname=target)
+            ti, data = entry(name, tarfile.LNKTYPE, linkname=extra)
         else:
             # each file's bytes are its own, so a wrong member read back shows
             ti, data = entry(name, TYPES[kind], data=extra + str(i).encode() if kind == "file" else b"")
@@ -315,7 +320,15 @@ def _unpack(umoci: str, work: Path, pkg: Path, fs: FileSystem) -> tuple[Path, li
 @pytest.mark.tools
 @settings(max_examples=40, deadline=None, database=None, derandomize=os.environ.get("CI") == "true",
           suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(ENTRY, min_size=1, max_size=7))
+@given(spec=st.lists(ENTRY, min_size=1, max_size=7))
+# the reproducers, run every time besides the random trees
+@example([("symlink", "usr/x", 0o777, "/bin"), ("file", "usr/x/sh", 0o755, b"evil")])
+@example([("file", "bin/sh", 0o755, b"sh"), ("symlink", "bin", 0o777, "/tmp")])
+@example([("symlink", "usr/s", 0o777, "."), ("symlink", "usr/a", 0o777, "s/s/s/../../../../etc/shadow")])
+@example([("dir", ".", 0o777, b""), ("file", "bin/x", 0o644, b"x")])
+@example([("file", "a", 0o644, b"x"), ("file", "a/b", 0o644, b"y")])
+@example([("file", "a/./b", 0o644, b"long first body"), ("file", "a/b", 0o644, b"y")])
+@example([("file", "./usr//./x", 0o644, b"body"), ("hardlink", "usr/y", 0o644, 0)])
 def test_any_tree_is_refused_or_unpacked_exactly_as_modelled(umoci, spec):
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
