@@ -25,8 +25,7 @@ DEMO_ARGS   = --mirror file://$(abspath $(DEMO_MIRROR)) --keys $(abspath $(DEMO_
 MIRROR_ARGS = $(if $(MIRROR),$(if $(filter release,$(MIRROR)),,--mirror $(MIRROR) $(if $(KEYS),--keys $(KEYS),)),$(DEMO_ARGS))
 ARCH_ARGS   = $(foreach a,$(ARCH),--arch $(a))
 
-<<<<<<< HEAD
-.PHONY: help demo test check plan bench verify clean mirror venv golden
+.PHONY: help demo test check plan bench verify clean mirror venv golden ci-check
 
 # A venv made without ensurepip (Debian's python3 without python3-venv) gets pip from the host's pip.
 $(STAMP): pyproject.toml constraints.txt
@@ -41,9 +40,6 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 venv: $(STAMP)  ## make the virtual environment (done by every target that needs it)
-=======
-.PHONY: help demo test check plan bench verify clean mirror ci-check
->>>>>>> wip-ci
 
 help:  ## this list
 	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
@@ -66,16 +62,12 @@ test: $(STAMP)  ## run the test suite
 check: $(STAMP)  ## validate families.yaml and releases/
 	$(FI) check
 
-<<<<<<< HEAD
-plan: $(STAMP)  ## show every target and its packages
-=======
-ci-check:  ## the GitHub workflow: current, valid for GitHub's schema, clean for zizmor (pip install -e '.[test]')
+ci-check: $(STAMP)  ## the GitHub workflow: current, valid for GitHub's schema, clean for zizmor
 	$(FI) ci render --check
-	check-jsonschema --builtin-schema vendor.github-workflows ci/github-nightly.yml
-	zizmor --offline --persona auditor ci/github-nightly.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows ci/github-nightly.yml
+	$(VENV)/bin/zizmor --offline --persona auditor ci/github-nightly.yml
 
-plan:  ## show every target and its packages
->>>>>>> wip-ci
+plan: $(STAMP)  ## show every target and its packages
 	$(FI) plan
 
 bench: $(STAMP)  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS

@@ -35,26 +35,39 @@ class Node:
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
-def check_path(path: str, what: str) -> str:
-    """Refuse paths that escape the root: '..' components, empty or relative names."""
-    if not path.startswith("/"):
-        path = "/" + path
-    parts = path.split("/")
-    if any(p == ".." for p in parts):
-        raise BuildError(f"{what}: refusing path {path!r}: '..' component")
-    norm = posixpath.normpath(path)
-    if norm.startswith("//"):
-        norm = "/" + norm.lstrip("/")
-    return norm
+SYMLOOP_MAX = 32   # FreeBSD's limit on symlinks followed in one lookup
+
+
+def normalise(name: str, what: str) -> str:
+    """The one spelling of a path: an archive member name or link source as '/a/b'.
+
+    Used by the scan, the layer writer and the model alike, so an entry is
+    known by a single name everywhere. '.' and empty components collapse
+    ('a/./b' and 'a//b' are 'a/b'); the root is '/'. Refuses empty names,
+    NUL bytes and '..' components (they would climb out of the root).
+    """
+    if name == "":
+        raise BuildError(f"{what}: refusing path '': empty name")
+    shown = name if name.startswith("/") else "/" + name
+    if "\x00" in name:
+        raise BuildError(f"{what}: refusing path {shown!r}: NUL byte in the name")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BuildError(f"{what}: refusing path {shown!r}: '..' component")
+    return "/" + "/".join(parts)
 
 
 def check_symlink(path: str, target: str, what: str) -> None:
-    """Refuse relative symlink targets that climb above the image root.
+    """Refuse relative symlink targets that climb above the image root, read as text.
 
     Absolute targets are resolved inside the image root by every consumer
     (FreeBSD itself ships /etc/termcap -> /usr/share/misc/termcap), and we
-    never follow links on the build host, so they are kept.
+    never follow links on the build host, so they are kept. Targets that
+    climb out only through other symlinks (``s -> .`` chains) are caught by
+    FileSystem.verify, which resolves them in the whole tree.
     """
+    if target == "" or "\x00" in target:
+        raise BuildError(f"{what}: refusing symlink {path} -> {target!r}: empty target or NUL byte")
     if target.startswith("/"):
         return
     depth = path.count("/") - 1
@@ -67,30 +80,89 @@ def check_symlink(path: str, target: str, what: str) -> None:
             raise BuildError(f"{what}: refusing symlink {path} -> {target}: escapes the root")
 
 
+class Unresolvable(Exception):
+    """A lookup in the model that climbs above the root or loops."""
+
+    def __init__(self, reason: str, via: list[str]):
+        super().__init__(reason)
+        self.reason = reason
+        self.via = via
+
+
+def _kind_name(node: "Node") -> str:
+    return {"file": "file", "hardlink": "file", "dir": "directory", "symlink": "symlink"}.get(node.kind, node.kind)
+
+
+def _whose(node: "Node") -> str:
+    if node.owner:
+        return f"package {node.owner}"
+    return {"skeleton": "the skeleton", "implied": "an implied parent directory"}.get(node.source, node.source or "the image")
+
+
 @dataclass
 class FileSystem:
+    """Paths are canonical (see normalise) and every parent is a directory node.
+
+    The rules that keep the tree a tree a consumer unpacks the same way:
+    nothing is installed below a symlink or a file (a path's parents are
+    real directories, so the path a package names is the path it writes, and
+    conflicts and ownership are checked on the real path); a directory is
+    never turned into anything else, nor anything else into a directory; the
+    root itself is never a node (its mode is the unpacker's, not a
+    package's); and every symlink, resolved through the tree, stays inside
+    the root within SYMLOOP_MAX hops (verify).
+    """
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def copy(self) -> "FileSystem":
         return FileSystem(dict(self.nodes))
 
     def add(self, node: Node, what: str, allow_replace: bool = False) -> None:
-        old = self.nodes.get(node.path)
-        if old is not None and not allow_replace:
-            if old.kind == "dir" and node.kind == "dir":
+        path = node.path
+        if path == "/" or normalise(path, what) != path:
+            raise BuildError(f"{what}: refusing {node.kind} {path!r}: "
+                             + ("the image root is not installed by anyone" if path in ("/", "")
+                                else f"not a canonical path (would be {normalise(path, what)})"))
+        self._check_parents(node, what)
+        old = self.nodes.get(path)
+        if old is not None:
+            if (old.kind == "dir") != (node.kind == "dir"):
+                raise BuildError(f"{what}: refusing {node.kind} {path}: it would turn the {_kind_name(old)} "
+                                 f"{path} of {_whose(old)} into a {_kind_name(node)}")
+            if old.kind == "dir":
                 # pkg keeps one directory; the package's ownership and mode win over the skeleton's
                 if node.owner or not old.owner:
-                    self.nodes[node.path] = replace(node, owner=node.owner or old.owner)
+                    self.nodes[path] = replace(node, owner=node.owner or old.owner)
                 return
-            if old.owner and node.owner and old.owner != node.owner:
-                raise BuildError(f"{what}: {node.path} is already installed by {old.owner} "
-                                 f"(conflict between {old.owner} and {node.owner})")
-        self.ensure_parents(node.path, node.mtime)
-        self.nodes[node.path] = node
+            if not allow_replace and old.owner and node.owner:
+                if old.owner != node.owner:
+                    raise BuildError(f"{what}: {path} is already installed by {old.owner} "
+                                     f"(conflict between {old.owner} and {node.owner})")
+                raise BuildError(f"{what}: refusing {path}: installed twice by {node.owner}")
+        self._make_parents(path, node.mtime)
+        self.nodes[path] = node
 
-    def ensure_parents(self, path: str, mtime: int) -> None:
+    def _check_parents(self, node: Node, what: str) -> None:
+        """Every existing parent of node must be a directory: never write through a symlink or into a file."""
+        parts = node.path.split("/")[1:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/" + "/".join(parts[:i])
+            p = self.nodes.get(parent)
+            if p is None or p.kind == "dir":
+                continue
+            if p.kind == "symlink":
+                try:
+                    lands = f"it resolves to {self.resolve(parent).path}"
+                except Unresolvable as exc:
+                    lands = exc.reason
+                raise BuildError(f"{what}: refusing {node.kind} {node.path}: its parent {parent} is a symlink "
+                                 f"-> {p.target} ({_whose(p)}; {lands}); entries are never written through symlinks")
+            raise BuildError(f"{what}: refusing {node.kind} {node.path}: its parent {parent} is a {_kind_name(p)} "
+                             f"of {_whose(p)}, not a directory")
+
+    def _make_parents(self, path: str, mtime: int) -> None:
         parent = posixpath.dirname(path)
-        while parent not in ("/", "") and parent not in self.nodes:
+        while parent != "/" and parent not in self.nodes:
             self.nodes[parent] = Node(parent, "dir", 0o755, mtime=mtime, source="implied")
             parent = posixpath.dirname(parent)
 
@@ -99,6 +171,64 @@ class FileSystem:
         for p in gone:
             del self.nodes[p]
         return gone
+
+    def resolve(self, path: str, follow: bool = True, clamp: bool = True) -> "Resolved":
+        """Where path leads in the image, following symlinks as the image's own kernel would.
+
+        Absolute targets are rooted at the image root. With ``clamp``, '..' at the
+        root stays at the root (how a container sees it); without, climbing
+        above the root raises Unresolvable (how a tool following the links on an
+        unpacked copy would leave it). Components that do not exist, or are
+        files, are taken as text, so the answer is conservative. More than
+        SYMLOOP_MAX symlinks raises Unresolvable (a loop, or as good as one).
+        """
+        pending = [p for p in path.split("/") if p not in ("", ".")]
+        pending.reverse()     # a stack: the next component is last
+        current: list[str] = []
+        via: list[str] = []
+        while pending:
+            c = pending.pop()
+            if c == "..":
+                if current:
+                    current.pop()
+                elif not clamp:
+                    raise Unresolvable("climbs above the image root", via)
+                continue
+            here = "/" + "/".join(current + [c])
+            node = self.nodes.get(here)
+            if node is not None and node.kind == "symlink" and (pending or follow):
+                via.append(here)
+                if len(via) > SYMLOOP_MAX:
+                    raise Unresolvable(f"more than {SYMLOOP_MAX} symlinks (a loop)", via)
+                if node.target.startswith("/"):
+                    current = []
+                pending.extend(reversed([p for p in node.target.split("/") if p not in ("", ".")]))
+                continue
+            current.append(c)
+        return Resolved("/" + "/".join(current), via)
+
+    def verify(self, what: str) -> None:
+        """Refuse symlinks that, resolved through the tree, leave the root or loop.
+
+        check_symlink reads one target as text; only the whole tree shows a
+        target that climbs out through other links (``s -> .`` chains) or a
+        loop, whichever package's link closes it.
+        """
+        for path in sorted(p for p, n in self.nodes.items() if n.kind == "symlink"):
+            node = self.nodes[path]
+            start = "" if node.target.startswith("/") else posixpath.dirname(path)
+            try:
+                self.resolve(start + "/" + node.target, clamp=False)
+            except Unresolvable as exc:
+                links = ", ".join(f"{v} -> {self.nodes[v].target} ({_whose(self.nodes[v])})" for v in exc.via[:4])
+                raise BuildError(f"{what}: refusing symlink {path} -> {node.target} of {_whose(node)}: "
+                                 f"{exc.reason}" + (f" through {links}" if links else "")) from None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: str
+    via: list[str]
 
 
 def delta(parent: FileSystem, child: FileSystem) -> tuple[list[Node], list[str]]:

@@ -3,8 +3,13 @@
 A scan streams each .pkg once: it hashes every file, checks ELF headers
 against the target arch, reads each ELF file's dynamic section (for the
 shared-library closure), and refuses hostile entries (``..``, links that
-climb out of the root, hard links to nothing, device nodes, archive bombs),
-naming the package, the path and the reason.
+climb out of the root, hard links to nothing, device nodes, archive bombs,
+empty names, the same path spelt twice, a non-directory root), naming the
+package, the path and the reason. The package is then installed into an
+empty filesystem model, which refuses what only the tree shows (entries
+below a symlink or a file, ``s -> .`` chains climbing out, loops);
+installing it into the image's model checks the same against every other
+package.
 
 The ELF reader keeps a bounded part of each file while it streams by (see
 builder.install.elf). The rare file whose strings lay behind that part is
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from builder.errors import BuildError
 from builder.install import elf
-from builder.install.fsmodel import FileSystem, Node, check_path, check_symlink
+from builder.install.fsmodel import FileSystem, Node, check_symlink
 from builder.install.pkgfile import PackageReader
 from builder.common.compress import Limit
 
@@ -60,7 +65,14 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                 limit.value = 2 * flat + BOMB_SLACK
                 if pkg_reader.manifest.get("name") not in (None, name):
                     raise BuildError(f"{what}: manifest says it is {pkg_reader.manifest.get('name')}")
-            path = check_path(entry.path, what)
+            path = entry.path   # normalised by PackageReader, as the layer writer reads it back
+            if path == "/":
+                if entry.kind == "dir":
+                    continue   # the image root belongs to the image: a package never sets its mode
+                raise BuildError(f"{what}: refusing {entry.kind} entry {entry.member!r}: it names the image root")
+            if path in seen:
+                raise BuildError(f"{what}: refusing duplicate entry {path} (member {entry.member!r} names "
+                                 f"the same path as an earlier member)")
             mtime = min(entry.mtime, epoch)
             if entry.kind == "file":
                 h = hashlib.sha256()
@@ -97,7 +109,7 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                             sha256=hashlib.sha256(entry.target.encode()).hexdigest(), target=entry.target,
                             owner=name, source=f"pkg:{name}")
             elif entry.kind == "hardlink":
-                target = check_path(entry.target, f"{what}: hard link {path}")
+                target = entry.target   # normalised by PackageReader
                 src = seen.get(target)
                 if src is None or src.kind != "file":
                     raise BuildError(f"{what}: refusing hard link {path} -> {entry.target}: "
@@ -114,6 +126,9 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
         out.nodes = [replace(n, elf=found[n.target if n.kind == "hardlink" else n.path])
                      if n.kind in ("file", "hardlink") and (n.target if n.kind == "hardlink" else n.path) in found
                      else n for n in out.nodes]
+    # The package as a tree of its own, whatever the entry order: nothing
+    # below its own files or symlinks, no link climbing out through its links.
+    install(FileSystem(), out, what)
     return out
 
 
@@ -141,10 +156,11 @@ def _read_again(pkg_path: Path, what: str, limit: Limit, files: dict[str, tuple[
     return found
 
 
-def install(fs: FileSystem, scanned: ScannedPackage) -> None:
-    what = f"package {scanned.name}"
+def install(fs: FileSystem, scanned: ScannedPackage, what: str = "") -> None:
+    what = what or f"package {scanned.name}"
     for node in scanned.nodes:
         fs.add(node, what)
+    fs.verify(what)
 
 
 def read_member(pkg_path: Path, name: str, wanted: set[str]) -> dict[str, bytes]:

@@ -229,6 +229,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
         for r in fl.remove:
             fs.remove(r)
         _post_install(fs, actions, contents, epoch)
+        fs.verify(f"flavour {fname}")
         regs = []
         for name in sorted(names):
             sp = scanned(name)

@@ -22,7 +22,8 @@ from typing import BinaryIO, Optional
 
 from builder.common import tarutil
 from builder.errors import BuildError
-from builder.install.fsmodel import Node
+from builder.install.fsmodel import Node, normalise
+from builder.install.pkgfile import payload_path
 from builder.common.compress import BlockCompressor, decompressing
 from builder.common.hashing import HashingWriter
 
@@ -77,7 +78,7 @@ class _PackageSpool:
         self.packages = packages
         self.open: dict[str, tuple[BinaryIO, dict[str, tarfile.TarInfo], tarfile.TarFile]] = {}
 
-    def read(self, pkg: str, path: str) -> BinaryIO:
+    def read(self, pkg: str, path: str, size: int) -> BinaryIO:
         if pkg not in self.open:
             tmp = tempfile.TemporaryFile()
             with open(self.packages[pkg], "rb") as fh:
@@ -86,12 +87,19 @@ class _PackageSpool:
                     tmp.write(chunk)
             tmp.seek(0)
             tar = tarfile.open(fileobj=tmp, mode="r:")
-            members = {"/" + m.name.strip("/"): m for m in tar.getmembers()}
+            members: dict[str, Optional[tarfile.TarInfo]] = {}
+            for m in tar.getmembers():
+                try:
+                    key = payload_path(m, f"package {pkg}")
+                except BuildError:
+                    continue   # refused by the scan; never asked for
+                if key is not None:
+                    members[key] = None if key in members else m   # None: ambiguous
             self.open[pkg] = (tmp, members, tar)
         _, members, tar = self.open[pkg]
         m = members.get(path)
-        if m is None or not m.isfile():
-            raise BuildError(f"package {pkg}: {path} vanished between scan and write")
+        if m is None or not m.isfile() or m.size != size:
+            raise BuildError(f"package {pkg}: {path} vanished, changed or became ambiguous between scan and write")
         return tar.extractfile(m)
 
     def close(self) -> None:
@@ -120,6 +128,10 @@ def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages
         with tarutil.TarWriter(plain) as tar:
             for _, path, node in entries:
                 name = path.lstrip("/")
+                who = (node.owner or node.source) if node else "whiteout"
+                if path == "/" or normalise(path, who) != path:
+                    # the model never holds these (FileSystem.add); a layer must not either
+                    raise BuildError(f"{who}: refusing to write {path!r} into a layer: the root or a non-canonical path")
                 count += 1
                 if node is None:
                     tar.addfile(tarutil.info(name, "file", size=0, mode=0o644, mtime=epoch))
@@ -145,7 +157,7 @@ def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages
                         tar.addfile(ti, node.data)
                     else:
                         src_path = node.target if node.kind == "hardlink" else node.path
-                        tar.addfile(ti, spool.read(node.source[4:], src_path))
+                        tar.addfile(ti, spool.read(node.source[4:], src_path, node.size))
         comp.finish()
     finally:
         spool.close()
