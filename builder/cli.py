@@ -78,6 +78,11 @@ def add_release_options(p: argparse.ArgumentParser, release_positional: bool = T
     p.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $XDG_CACHE_HOME/freebsd-images)")
 
 
+def _allow_downgrade(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="accept catalogues older than the lock's, or locked packages going down (recorded)")
+
+
 def _where(args):
     from builder.runs.context import Where
     return Where(project=args.project, arches=tuple(args.arch or ()), mirror=args.mirror, keys=args.keys,
@@ -153,11 +158,6 @@ def cmd_generate(args) -> int:
 
 # --- resolve ------------------------------------------------------------------------------
 
-def _allow_downgrade(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-downgrade", action="store_true",
-                   help="accept catalogues older than the lock's, or locked packages going down (recorded)")
-
-
 @command("lock", "resolve every flavour and arch of a release and write its lock file",
          lambda p: (add_release_options(p), _allow_downgrade(p)))
 def cmd_lock(args) -> int:
@@ -196,7 +196,7 @@ def cmd_outdated(args) -> int:
 
 
 @command("fetch", "download a release's locked packages into the cache",
-         lambda p: (add_release_options(p), p.add_argument("--update", action="store_true")))
+         lambda p: (add_release_options(p), p.add_argument("--update", action="store_true"), _allow_downgrade(p)))
 def cmd_fetch(args) -> int:
     ctx = _context(args)
     lock = ctx.ensure_lock(args.update, _out(args).warn, args.allow_downgrade)

@@ -16,7 +16,7 @@ from builder.config.project import load_project
 from builder.errors import BuildError, ConfigError
 from builder.gen.payload import RTLD, elf_image
 from builder.install import closure, elf
-from builder.install.closure import AcceptMiss
+from builder.config.family import AcceptMiss
 from builder.install.fsmodel import FileSystem, Node
 from builder.install.scan import scan_package
 from builder.runs.nightly import markdown

@@ -283,10 +283,11 @@ def test_sigkill_mid_build_leaves_previous_layout_valid(demo_mirror, tmp_path):
     proc = subprocess.Popen(base, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def writing() -> list[Path]:
+        # a big layer well under way (small ones can finish between the look and the kill)
         out = []
         for p in layout.blobs.glob(".blob.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
-                if p.stat().st_size > 0:
+                if p.stat().st_size > 1 << 20:
                     out.append(p)
         return out
     deadline = time.time() + 120

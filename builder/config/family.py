@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 from builder.config import schema as S
-from builder.install.closure import AcceptMiss
 from builder.config.yamlsrc import Located, load_file
 from builder.errors import ConfigError, Diagnostic
 
@@ -17,6 +16,15 @@ ABS_PATH = r"(?:/(?!\.\.?(?:/|$))[^/\0]+)+"
 # Template files: relative to the project, never climbing out of it (symlinks are checked when read).
 REL_PATH = r"(?!/)(?:(?!\.\.?(?:/|$))[^/\0]+/)*(?!\.\.?$)[^/\0]+"
 MODE = r"0?[0-7]{3,4}"
+
+
+@dataclass(frozen=True)
+class AcceptMiss:
+    """A shared-library miss the family accepts: ``soname`` is the DT_NEEDED name (or the interpreter path)."""
+
+    elf: str
+    soname: str
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+from builder.config.family import AcceptMiss
 from builder.errors import BuildError
 from builder.install import elf
 from builder.install.fsmodel import FileSystem, Node
@@ -43,15 +44,6 @@ MAX_LISTED = 40            # misses spelled out in one error
 # headers over empty sections, and under /boot the kernel (PT_INTERP
 # "/red/herring") and its modules are loaded by the kernel itself.
 SKIP_PREFIXES = ("/usr/lib/debug/", "/boot/")
-
-
-@dataclass(frozen=True)
-class AcceptMiss:
-    """A miss the family accepts: ``soname`` is the DT_NEEDED name (or the interpreter path)."""
-
-    elf: str
-    soname: str
-    reason: str
 
 
 @dataclass(frozen=True)

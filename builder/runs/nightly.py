@@ -124,7 +124,7 @@ def markdown(report: dict) -> str:
     lines = ["# FreeBSD container images: nightly report", ""]
     for r in report["releases"]:
         rep = {True: "reproducible", False: "**NOT reproducible**", None: "not verified"}[r["reproducible"]]
-        lines += [f"## {r['release']}", "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']} (from {r['epoch_source']}); {rep}.", ""]
+        lines += [f"## {r['release']}", "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']} (from {r.get('epoch_source', 'the lock')}); {rep}.", ""]
         if r["changed_since_last_publish"]:
             lines += ["Packages changed since the last publish:", ""]
             lines += [f"- {c['package']} {c['old'] or '(new)'} \u2192 {c['new'] or '(removed)'} ({', '.join(c['arches'])})"
