@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-ELF_MACHINE = {"amd64": 62, "aarch64": 183, "riscv64": 243, "i386": 3, "armv7": 40, "powerpc64le": 21}
+from builder.install.elf import MACHINE
+
 ELFOSABI_FREEBSD = 9
 
 
@@ -22,7 +23,7 @@ _DT_NEEDED, _DT_STRTAB, _DT_STRSZ, _DT_SONAME, _DT_RPATH, _DT_RUNPATH = 1, 5, 10
 
 
 def _klass(arch: str) -> int:
-    return 1 if arch in ("i386", "armv7") else 2
+    return MACHINE[arch][0]
 
 
 def elf_header(arch: str, shared: bool, phnum: int = 0, entry: int = 0, order: str = "<") -> bytes:
@@ -34,9 +35,9 @@ def elf_header(arch: str, shared: bool, phnum: int = 0, entry: int = 0, order: s
     ident = b"\x7fELF" + bytes([klass, 1 if order == "<" else 2, 1, ELFOSABI_FREEBSD]) + bytes(8)
     e_type = 3 if shared else 2
     if klass == 2:
-        rest = struct.pack(order + "HHIQQQIHHHHHH", e_type, ELF_MACHINE[arch], 1, entry, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
+        rest = struct.pack(order + "HHIQQQIHHHHHH", e_type, MACHINE[arch][1], 1, entry, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
     else:
-        rest = struct.pack(order + "HHIIIIIHHHHHH", e_type, ELF_MACHINE[arch], 1, entry, 52, 0, 0, 52, 32, phnum, 40, 0, 0)
+        rest = struct.pack(order + "HHIIIIIHHHHHH", e_type, MACHINE[arch][1], 1, entry, 52, 0, 0, 52, 32, phnum, 40, 0, 0)
     return ident + rest
 
 

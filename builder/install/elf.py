@@ -53,6 +53,10 @@ _LAYOUT = {
     2: (64, "HHIQQQIHHHHHH", "IIQQQQQQ", "qQ"),
 }
 
+# FreeBSD arch -> (ELF class, e_machine): what a package for that arch must contain.
+MACHINE = {"amd64": (2, 62), "aarch64": (2, 183), "riscv64": (2, 243), "powerpc64le": (2, 21),
+           "i386": (1, 3), "armv7": (1, 40)}
+
 
 @dataclass(frozen=True)
 class ElfInfo:

@@ -27,8 +27,6 @@ from builder.install.fsmodel import FileSystem, Node, check_symlink
 from builder.install.pkgfile import PackageReader
 from builder.common.compress import Limit
 
-ELF_MACHINE = {"amd64": (2, 62), "aarch64": (2, 183), "riscv64": (2, 243), "powerpc64le": (2, 21),
-               "i386": (1, 3), "armv7": (1, 40)}
 BOMB_SLACK = 4 << 20  # tar headers and padding on top of flatsize
 
 
@@ -45,7 +43,7 @@ def check_elf(head: bytes, arch: str, what: str, path: str) -> None:
     if not head.startswith(b"\x7fELF") or len(head) < 20:
         return
     klass, machine = head[4], int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
-    want = ELF_MACHINE.get(arch)
+    want = elf.MACHINE.get(arch)
     if want and (klass, machine) != want:
         raise BuildError(f"{what}: {path} is an ELF file for machine {machine} (class {klass}), "
                          f"not {arch} (machine {want[1]}, class {want[0]})")
