@@ -60,8 +60,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def _project(args):
-    from builder.config.project import load_project
-    return load_project(args.project)
+    # loaded once per command: every release-level step shares it
+    if getattr(args, "_loaded_project", None) is None:
+        from builder.config.project import load_project
+        args._loaded_project = load_project(args.project)
+    return args._loaded_project
 
 
 # --- shared options ----------------------------------------------------------------------
@@ -91,7 +94,7 @@ def _where(args):
 
 def _context(args, release: Optional[str] = None):
     from builder.runs.context import Context
-    return Context.open(_where(args), release or args.release)
+    return Context.open(_where(args), release or args.release, _project(args))
 
 
 # --- project ------------------------------------------------------------------------------
@@ -233,6 +236,8 @@ def _build_args(p) -> None:
     p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="compression threads (default: every core; never changes the bytes)")
+    p.add_argument("--no-layer-cache", action="store_true",
+                   help="build every layer even when the layer cache has it (the cache never changes the bytes)")
     p.add_argument("--epoch", type=int, default=None,
                    help="SOURCE_DATE_EPOCH for this build instead of the lock's (changes every digest)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -255,9 +260,10 @@ def cmd_build(args) -> int:
     rows, doc = [], []
     for rel, flavours in _selected(args).items():
         ctx = _context(args, rel)
-        lock = ctx.ensure_lock(args.update, out.warn, args.allow_downgrade)
+        lock = ctx.ensure_lock(args.update, out.warn, args.allow_downgrade, check=False)
         rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
-                           log=out.log, warn=out.warn, epoch=args.epoch, workers=args.workers)
+                           log=out.log, warn=out.warn, epoch=args.epoch, workers=args.workers,
+                           use_cache=not args.no_layer_cache)
         if args.archives:
             for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
                 out.log(f"wrote {path}")

@@ -43,8 +43,20 @@ def render_file(base: Path, relative: str, what: str, **ctx) -> str:
     return render_string(path.read_text(encoding="utf-8"), f"{what}: {relative}", **ctx)
 
 
+_DEFAULT = None
+_COMPILED: dict[tuple[int, str], jinja2.Template] = {}
+
+
 def render_string(template: str, what: str, env: ImmutableSandboxedEnvironment = None, **ctx) -> str:
+    global _DEFAULT
+    if env is None:
+        _DEFAULT = _DEFAULT or environment()
+        env = _DEFAULT
     try:
-        return (env or environment()).from_string(template).render(**ctx)
+        # names and tags render once per flavour and arch: compile each template once
+        key = (id(env), template)
+        if key not in _COMPILED:
+            _COMPILED[key] = env.from_string(template)
+        return _COMPILED[key].render(**ctx)
     except jinja2.TemplateError as exc:   # SecurityError included: an escape attempt is a refusal
         raise BuildError(f"{what}: cannot render template: {exc}") from exc

@@ -63,6 +63,11 @@ class Closure:
     needed: int = 0                      # DT_NEEDED entries, all resolved or accepted
     accepted: list[tuple[Miss, str]] = field(default_factory=list)   # (miss, reason)
 
+    @classmethod
+    def from_json(cls, doc: dict) -> "Closure":
+        return cls(doc["elf_files"], doc["dynamic"], doc["libraries"], doc["needed"],
+                   [(Miss(a["elf"], a["package"], a["soname"], a["kind"], ""), a["reason"]) for a in doc["accepted"]])
+
     def to_json(self) -> dict:
         return {"elf_files": self.elf_files, "dynamic": self.dynamic, "libraries": self.libraries,
                 "needed": self.needed, "unresolved": len(self.accepted),

@@ -11,9 +11,10 @@ import hashlib
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 
+from builder.common import compress
 from builder.install import mtree
 from builder.common.templates import render_file
 from builder.config.family import Family, ResolvedFlavour
@@ -23,7 +24,8 @@ from builder.install.fsmodel import FileSystem, Node, delta
 from builder.install.scan import ScannedPackage, install, read_member, scan_package
 from builder.layers.writer import IdMap, LayerInfo, write_layer
 from builder.resolve.lock import ArchLock
-from builder.install.pkgdb import Registration, build_pkgdb
+from builder.install.pkgdb import Registration, build_pkgdb, writer_version
+from builder.layers.cache import LayerCache, layer_key
 from builder.install import certctl, closure, dbtools
 from builder.install.scripts import recognise
 
@@ -56,12 +58,13 @@ class FlavourResult:
     description: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     closure: Optional[closure.Closure] = None   # the image's shared-library closure
+    reused: bool = False                  # its top layer came from the layer cache
 
 
 class _Contents:
     """Small file contents from packages or generated nodes, one package pass per request."""
 
-    def __init__(self, packages: dict[str, Path]):
+    def __init__(self, packages: Callable[[], dict[str, Path]]):
         self.packages = packages
 
     def read(self, fs: FileSystem, paths: list[str]) -> dict[str, bytes]:
@@ -75,7 +78,7 @@ class _Contents:
                 member = node.target if node.kind == "hardlink" else node.path
                 per_pkg.setdefault(node.source[4:], {})[member] = p
         for pkg, members in sorted(per_pkg.items()):
-            got = read_member(self.packages[pkg], pkg, set(members))
+            got = read_member(self.packages()[pkg], pkg, set(members))
             for member, p in members.items():
                 out[p] = got[member]
         return out
@@ -149,14 +152,20 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, packages: dict[str, Path],
+def _reads(fl: ResolvedFlavour, names: list[str]) -> list[str]:
+    return sorted(set(names) | {e.package for e in fl.extract} | ({fl.skeleton.package} if fl.skeleton else set()))
+
+
+def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
+               packages: Union[dict[str, Path], Callable[[], dict[str, Path]]],
                opts: BuildOptions, sink: BlobSink, flavours: Optional[list[str]] = None,
                repo_names: Optional[dict[str, str]] = None,
-               warn: Callable[[str], None] = _warn) -> dict[str, FlavourResult]:
+               warn: Callable[[str], None] = _warn, cache: Optional[LayerCache] = None) -> dict[str, FlavourResult]:
     """Every flavour (or those named, with their ancestors) for one arch.
 
     ``release`` must be the release as declared (not re-rooted on a mirror):
-    its URLs are written into the image.
+    its URLs are written into the image. ``packages`` may be a function that
+    fetches them: with every layer in ``cache`` it is never called.
     """
     epoch = opts.epoch
     wanted = family.names
@@ -164,20 +173,27 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
         need = {link for f in flavours for link in family.chain(f)}
         wanted = [f for f in wanted if f in need]
     repo_names = repo_names or {r.key: r.name for r in release.repositories}
-    contents = _Contents(packages)
+    fetched: dict[str, Path] = {}
+
+    def all_packages() -> dict[str, Path]:
+        if not fetched:
+            fetched.update(packages() if callable(packages) else packages)
+        return fetched
+
+    contents = _Contents(all_packages)
     scans: dict[str, ScannedPackage] = {}
 
     def scanned(name: str) -> ScannedPackage:
         if name not in scans:
-            if name not in packages:
+            if name not in all_packages():
                 raise BuildError(f"{release.name}/{arch}: package {name} is not in the lock file")
-            scans[name] = scan_package(packages[name], name, arch, epoch)
+            scans[name] = scan_package(all_packages()[name], name, arch, epoch)
         return scans[name]
 
     def providers() -> dict[str, list[str]]:
         # Only on failure: scanning the whole lock costs a pass over packages no flavour may need.
         out: dict[str, set[str]] = {}
-        for name in sorted(n for n in lock.packages if n in packages):
+        for name in sorted(n for n in lock.packages if n in all_packages()):
             sp = scanned(name)
             for lib in sp.manifest.get("shlibs_provided") or ():
                 out.setdefault(lib, set()).add(name)
@@ -190,14 +206,48 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
     results: dict[str, FlavourResult] = {}
     version_pkg = lock.packages.get(release.version_package)
     version = version_pkg.version if version_pkg else release.name
+
+    # Every layer's key first, from the config, the lock and the rendered files: no package is opened.
+    keys: dict[str, str] = {}
+    rendered: dict[str, list[tuple[object, bytes]]] = {}
+    env = {"layers": compress.versions()[opts.compression], "pkgdb": writer_version()}
+    for fname in wanted:
+        fl = family.resolve(fname)
+        entry = lock.flavours.get(fname)
+        if entry is None:
+            raise BuildError(f"{release.name}/{arch}: flavour {fname} is not in the lock file; run `freebsd-images lock`")
+        rendered[fname] = [(f, _render(family.base_dir, f.template, release, fname, arch) if f.template
+                            else f.content.encode()) for f in fl.files]
+        locked = {n: lock.packages[n] for n in _reads(fl, list(entry["packages"])) if n in lock.packages}
+        keys[fname] = layer_key(parent=keys.get(family.flavours[fname].parent), flavour=fl,
+                                files=[data for _, data in rendered[fname]], lock=entry, packages=locked,
+                                release=[release.name, release.abi(arch), repo_names, release.pkgdb_user_version,
+                                         version], epoch=epoch, compression=opts.compression, squash=opts.squash,
+                                env=env)
+    hits = {f: cache.get(keys[f]) for f in wanted} if cache else {}
+    # A flavour's filesystem is needed when its layer is not cached, or when one built on it is not.
+    need_fs = {link for f in wanted if not hits.get(f) for link in family.chain(f)}
+
     for fname in wanted:
         fl = family.resolve(fname)
         parent = family.flavours[fname].parent
         prev = results[parent] if parent else None
+        entry = lock.flavours[fname]
+        hit = hits.get(fname)
+        if fname not in need_fs:
+            links = closure.Closure.from_json(hit["closure"]) if hit.get("closure") else None
+            for miss, reason in links.accepted if links else ():
+                warn(f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname}): {miss.elf} "
+                     f"({miss.package}) needs {miss.kind} {miss.soname}; accepted in families.yaml: {reason}")
+            base_layers = [] if opts.squash or prev is None else list(prev.layers)
+            base_history = [] if opts.squash or prev is None else list(prev.history)
+            results[fname] = FlavourResult(
+                flavour=fname, parent=parent, arch=arch, fs=None, layers=base_layers + [hit["layer"]],
+                history=base_history + [hit["history"]], installed=hit["installed"], added=hit["added"],
+                version=version, config=fl.config, description=fl.description,
+                versions={n: lock.packages[n].version for n in hit["installed"]}, closure=links, reused=True)
+            continue
         fs = prev.fs.copy() if prev else FileSystem()
-        entry = lock.flavours.get(fname)
-        if entry is None:
-            raise BuildError(f"{release.name}/{arch}: flavour {fname} is not in the lock file; run `freebsd-images lock`")
         names = list(entry["packages"])
         automatic = set(entry["automatic"])
         before = set(prev.installed) if prev else set()
@@ -219,11 +269,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
                     raise BuildError(f"flavour {fname}: package {ex.package} has no {p} to extract")
                 if p not in fs.nodes:
                     fs.add(replace(by_path[p], owner=""), f"extract from {ex.package}")
-        for f in fl.files:
-            if f.template:
-                data = _render(family.base_dir, f.template, release, fname, arch)
-            else:
-                data = f.content.encode()
+        for f, data in rendered[fname]:
             fs.add(_generated(f.path, data, f.mode, epoch, "family", f.uname, f.gname), f"flavour {fname}",
                    allow_replace=True)
         for r in fl.remove:
@@ -257,7 +303,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
         added = sorted(set(names) - before)
         what = ", ".join(added) if added else "no packages"
         history_line = f"{fname}: {what}" + (" + " + ", ".join(t for t in sorted(actions)) if actions else "")
-        pkg_paths = {n: packages[n] for n in scans}
+        pkg_paths = {n: all_packages()[n] for n in scans}
         if opts.squash or prev is None:
             nodes, whiteouts = list(fs.nodes.values()), []
             base_layers, base_history = [], []
@@ -266,12 +312,19 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
         else:
             nodes, whiteouts = delta(prev.fs, fs)
             base_layers, base_history = list(prev.layers), list(prev.history)
-        info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression, opts.workers))
+        if hit:
+            info = hit["layer"]
+        else:
+            info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression,
+                                               opts.workers))
+            if cache:
+                cache.put(keys[fname], info, history=history_line, installed=sorted(names), added=added,
+                          closure=links.to_json())
         results[fname] = FlavourResult(
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,
             config=fl.config, description=fl.description,
-            versions={n: lock.packages[n].version for n in names}, closure=links)
+            versions={n: lock.packages[n].version for n in names}, closure=links, reused=bool(hit))
     return results
 
 

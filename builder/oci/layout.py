@@ -96,6 +96,20 @@ class Layout:
                 self.written += 1
             return result, fh.digest, fh.n
 
+    def verify_blob(self, digest: str, size: int) -> bool:
+        """The blob exists with that size and its bytes hash to its name."""
+        path = self.blob_path(digest)
+        try:
+            if path.stat().st_size != size:
+                return False
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except FileNotFoundError:
+            return False
+        return "sha256:" + h.hexdigest() == digest
+
     def read_blob(self, digest: str) -> bytes:
         try:
             data = self.blob_path(digest).read_bytes()

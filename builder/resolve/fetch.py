@@ -32,10 +32,17 @@ def fetch_locked(transport: Transport, cache: Cache, release: Release, lock: Loc
 
 def ensure_lock(transport: Transport, release: Release, family: Family, arches: list[str], lock_path: Path,
                 update: bool = False, warn: Callable[[str], None] = lambda m: None,
-                allow_downgrade: bool = False) -> Lock:
-    """The release's lock: used when present and still valid, else made (and written) — never rolled back."""
-    cats = fetch_catalogues(transport, release, arches)
+                allow_downgrade: bool = False, check: bool = True) -> Lock:
+    """The release's lock: used when present and still valid, else made (and written) — never rolled back.
+
+    ``check=False`` takes an existing lock as it is: the caller checks it against the
+    catalogues (``check_lock``) only if it comes to download, so a build whose layers are
+    all cached reads neither catalogue nor package.
+    """
     previous = load_lock(lock_path)
+    if previous is not None and not update and not check:
+        return previous
+    cats = fetch_catalogues(transport, release, arches)
     if previous is not None and not update:
         check_lock(previous, cats)
         return previous

@@ -38,8 +38,8 @@ class Context:
     keys: Optional[Path] = None
 
     @classmethod
-    def open(cls, where: Where, release_name: str) -> "Context":
-        project = load_project(where.project)
+    def open(cls, where: Where, release_name: str, project: Optional[Project] = None) -> "Context":
+        project = project or load_project(where.project)
         rel = project.release(release_name)
         mirror = where.mirror or env_mirror()
         keys = where.keys or env_keys()
@@ -51,9 +51,9 @@ class Context:
         return cls(project, rel, arches, Transport(), Cache(where.cache_dir), Path(lock), mirror, keys)
 
     def ensure_lock(self, update: bool = False, warn: Callable[[str], None] = lambda m: None,
-                    allow_downgrade: bool = False) -> Lock:
+                    allow_downgrade: bool = False, check: bool = True) -> Lock:
         return ensure_lock(self.transport, self.release, self.project.family, self.arches, self.lock_path,
-                           update, warn, allow_downgrade)
+                           update, warn, allow_downgrade, check)
 
     def fetch_locked(self, lock: Lock, arch: str) -> dict[str, Path]:
         return fetch_locked(self.transport, self.cache, self.release, lock, arch)

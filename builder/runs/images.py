@@ -15,8 +15,9 @@ from typing import Optional
 from builder.layers.build import BuildOptions, FlavourResult, build_arch
 from builder.runs.context import Context, epoch_override
 from builder.errors import BuildError
+from builder.layers.cache import LayerCache
 from builder.layers.writer import LayerInfo
-from builder.resolve.lock import Lock
+from builder.resolve.lock import Lock, check_lock, fetch_catalogues
 from builder.oci import image as oci
 from builder.oci.layout import CONFIG_MT, INDEX_MT, MANIFEST_MT, Descriptor, Layout
 
@@ -80,7 +81,7 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
                   compression: str = "gzip", squash: bool = False, jobs: int = 2,
                   log=lambda msg: print(msg, file=sys.stderr),
                   warn=lambda msg: print(f"warning: {msg}", file=sys.stderr), epoch: Optional[int] = None,
-                  workers: int = os.cpu_count() or 1) -> ReleaseBuild:
+                  workers: int = os.cpu_count() or 1, use_cache: bool = True) -> ReleaseBuild:
     family = ctx.project.family
     declared = ctx.project.release(ctx.release.name)   # URLs as declared, not the mirror's
     epoch, epoch_source = build_epoch(lock, epoch)
@@ -104,12 +105,29 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             raise BuildError(f"layer blob {digest} does not match what the writer hashed ({info.digest})")
         return info
 
+    def blob_ok(info: LayerInfo) -> bool:
+        # a cache entry is trusted only once the layout's blob is there with exactly its bytes
+        return layout.has_blob(info.digest) and layout.verify_blob(info.digest, info.size)
+
+    cache = LayerCache(ctx.cache.root / "layers", blob_ok) if use_cache else None
+
     def one(arch: str):
         if arch not in lock.arches:
             raise BuildError(f"{ctx.release.name}: arch {arch} is not in the lock file {ctx.lock_path}")
-        paths = ctx.fetch_locked(lock, arch)
-        log(f"{ctx.release.name}/{arch}: {len(paths)} packages ready, building")
-        return arch, build_arch(family, declared, arch, lock.arches[arch], paths, opts, sink, flavours, warn=warn)
+
+        def packages():
+            # the catalogues are read only now, when something has to be downloaded
+            check_lock(lock, fetch_catalogues(ctx.transport, ctx.release, [arch]))
+            paths = ctx.fetch_locked(lock, arch)
+            log(f"{ctx.release.name}/{arch}: {len(paths)} packages ready, building")
+            return paths
+
+        res = build_arch(family, declared, arch, lock.arches[arch], packages, opts, sink, flavours, warn=warn,
+                         cache=cache)
+        for fname, r in res.items():
+            log(f"{ctx.release.name}/{arch}: {fname} layer {r.layers[-1].digest[:19]} "
+                f"{'reused from the layer cache' if r.reused else 'built'}")
+        return arch, res
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         results = dict(pool.map(one, ctx.arches))

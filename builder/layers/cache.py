@@ -1,0 +1,77 @@
+"""A content-addressed cache of built layers: no work when nothing changed.
+
+A layer's key is the sha256 of everything that goes into it: its parent
+layer's key (so a change anywhere below reaches every layer above), the
+flavour's own definition with its rendered files, the exact locked packages
+(name, version, sum, repository) it installs or reads, the release facts
+written into the image (ABI, repository names, pkg database schema, the
+version), the epoch, compression, squash, and the writer's format version
+with the versions of the compressors and SQLite. The entry records the
+layer's descriptor and what the image needs from the build (history line,
+packages, closure counts); the blob itself is the layout's, and an entry is
+used only when that blob is there and its bytes hash to the recorded digest.
+Anything else (missing, corrupt, truncated entry) is a miss and the layer is
+built again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from builder import FORMAT_VERSION, __version__
+from builder.common.atomic import atomic_write_bytes
+from builder.layers.writer import LayerInfo
+
+MAX_ENTRY = 1 << 20
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, bytes):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def layer_key(**parts: Any) -> str:
+    doc = {"format": FORMAT_VERSION, "builder": __version__, **parts}
+    return hashlib.sha256(json.dumps(_plain(doc), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class LayerCache:
+    """Entries under ``root``; ``blob_ok(info)`` checks that the layout holds the layer's exact bytes."""
+
+    def __init__(self, root: Path, blob_ok: Callable[[LayerInfo], bool]):
+        self.root = Path(root)
+        self.blob_ok = blob_ok
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Optional[dict]:
+        path = self._path(key)
+        try:
+            if path.stat().st_size > MAX_ENTRY:
+                return None
+            entry = json.loads(path.read_bytes())
+            info = LayerInfo(**entry["layer"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if entry.get("key") != key or not self.blob_ok(info):
+            return None
+        entry["layer"] = info
+        return entry
+
+    def put(self, key: str, info: LayerInfo, **extra: Any) -> None:
+        doc = {"key": key, "layer": dataclasses.asdict(info), **extra}
+        atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode())

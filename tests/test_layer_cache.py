@@ -1,0 +1,87 @@
+"""No work when nothing changed: the layer cache reuses layers, rebuilds only what a bump touches,
+and never trusts an entry whose blob is not exactly there."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from builder.config.release import load_release
+from builder.gen.repo import GenOptions, generate
+from tests.conftest import ROOT
+
+RELEASE = "14.2"
+
+
+def _build(tmp: Path, mirror: Path, *extra: str) -> tuple[dict, str]:
+    r = subprocess.run([sys.executable, "-m", "builder", "--project", str(ROOT), "build", "--release", RELEASE,
+                        "--all", "--out", str(tmp / "out"), "--mirror", f"file://{mirror}", "--keys",
+                        str(mirror / "keys"), "--lock-dir", str(tmp / "locks"), "--cache-dir", str(tmp / "cache"),
+                        *extra], capture_output=True, text=True, cwd=tmp, env={"PATH": "/usr/bin:/bin",
+                                                                                 "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    idx = json.loads((tmp / "out" / RELEASE / "index.json").read_text())
+    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in idx["manifests"]}, r.stderr
+
+
+def _layers(stderr: str, word: str) -> set[str]:
+    """(arch, flavour) pairs the build says it reused or built."""
+    out = set()
+    for line in stderr.splitlines():
+        if " layer sha256:" in line and line.rstrip().endswith(word):
+            arch = line.split(":", 1)[0].split("/")[1]
+            out.add((arch, line.split(": ", 1)[1].split(" ")[0]))
+    return out
+
+
+ALL = {(a, f) for a in ("amd64", "aarch64") for f in ("static", "base", "minimal", "small")}
+
+
+def test_noop_rebuild_reuses_every_layer_without_reading_the_mirror(demo_mirror, tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(demo_mirror, mirror)
+    first, err = _build(tmp_path, mirror)
+    assert _layers(err, "built") == ALL
+    shutil.rmtree(mirror / "FreeBSD:14:amd64")          # no catalogue, no package can be read now
+    shutil.rmtree(mirror / "FreeBSD:14:aarch64")
+    again, err = _build(tmp_path, mirror)
+    assert again == first
+    assert _layers(err, "reused from the layer cache") == ALL and not _layers(err, "built")
+
+
+def test_a_package_bump_rebuilds_only_the_layers_that_hold_it(tmp_path):
+    rel = load_release(ROOT / "releases" / f"{RELEASE}.yaml", ROOT)
+    mirror = tmp_path / "mirror"
+    generate(rel, mirror, opts=GenOptions())
+    first, _ = _build(tmp_path, mirror)
+    generate(rel, mirror, opts=GenOptions(bumps=(("FreeBSD-utilities", "14.2p2"),)))
+    bumped, err = _build(tmp_path, mirror, "--update")
+    assert _layers(err, "built") == {("amd64", "small"), ("aarch64", "small")}
+    assert _layers(err, "reused from the layer cache") == ALL - _layers(err, "built")
+    for ref, digest in first.items():
+        if "small" in ref:
+            assert bumped.get(ref) != digest or ref not in bumped
+        else:
+            assert bumped[ref] == digest, ref
+
+
+def test_a_damaged_blob_or_entry_is_rebuilt_to_the_same_bytes(demo_mirror, tmp_path):
+    first, _ = _build(tmp_path, demo_mirror)
+    layout = tmp_path / "out" / RELEASE
+    man = json.loads((layout / "blobs" / "sha256" / first[f"freebsd{RELEASE}-base:{RELEASE}-amd64"].split(":")[1])
+                     .read_text())
+    base_layer = layout / "blobs" / "sha256" / man["layers"][1]["digest"].split(":")[1]
+    data = bytearray(base_layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                      # same size, other bytes
+    base_layer.write_bytes(bytes(data))
+    entries = sorted((tmp_path / "cache" / "layers").rglob("*.json"))
+    assert len(entries) == 8
+    again, err = _build(tmp_path, demo_mirror)
+    assert ("amd64", "base") in _layers(err, "built")
+    assert again == first
+    for e in entries:
+        e.write_text("{not json")
+    again, err = _build(tmp_path, demo_mirror)
+    assert _layers(err, "built") == ALL and again == first
