@@ -2,7 +2,11 @@
 
 ``server.plan(path, ["reset", "500", "ok"])`` makes the next requests for path
 behave that way, in order; afterwards requests are served normally.
+``ScriptedServer`` answers with test functions instead (hostile servers:
+endless or trickling bodies, echoed headers, garbage documents).
 """
+from __future__ import annotations
+
 import http.server
 import os
 import socket
@@ -96,3 +100,95 @@ class FaultServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class ScriptedServer:
+    """A 127.0.0.1 server whose answers are test functions: ``server.route(path, fn)``, fn(handler).
+
+    Every request is logged as (method, path with query, headers); ``sent[path]``
+    counts the body bytes a streaming answer managed to write.
+    """
+
+    def __init__(self):
+        self.routes: dict = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        self.sent: dict[str, int] = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                path = self.path.split("?")[0]
+                server.requests.append((self.command, self.path, dict(self.headers)))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                fn = server.routes.get(path) or reply(404)
+                try:
+                    fn(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def route(self, path: str, fn) -> None:
+        self.routes[path] = fn
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def reply(status: int, body: bytes = b"", headers: dict | None = None):
+    def answer(h):
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
+    return answer
+
+
+def endless(total: int, announce: bool = True, chunk: int = 1 << 16, byte: bytes = b" ", every: float = 0.0,
+            server: "ScriptedServer | None" = None):
+    """A 200 whose body is ``total`` bytes made up on the fly (nothing that large is ever allocated):
+    with Content-Length when ``announce``, else chunked; ``every`` seconds between writes."""
+    block = byte * chunk
+
+    def answer(h):
+        path = h.path.split("?")[0]
+        h.send_response(200)
+        if announce:
+            h.send_header("Content-Length", str(total))
+        else:
+            h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        left = total
+        while left > 0:
+            piece = block[:min(chunk, left)]
+            h.wfile.write(piece if announce else b"%x\r\n%s\r\n" % (len(piece), piece))
+            h.wfile.flush()
+            left -= len(piece)
+            if server is not None:
+                server.sent[path] = server.sent.get(path, 0) + len(piece)
+            if every:
+                time.sleep(every)
+        if not announce:
+            h.wfile.write(b"0\r\n\r\n")
+    return answer

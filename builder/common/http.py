@@ -7,6 +7,11 @@ sleeping longer than ``RetryPolicy.max_wait``. ``Transport`` adds Range resume
 of interrupted bodies on top. ``file://`` URLs are read directly; ``pkg+``
 URLs mean SRV-record mirror selection to pkg, which we treat as the plain
 scheme (pkg.FreeBSD.org answers on its A records too).
+
+A repository server is not trusted to be reasonable: every download has a byte
+limit (refused as soon as it is passed, or when Content-Length announces more)
+and a total deadline over all its attempts, on top of the per-read timeout
+(which a server trickling one byte a second never trips).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
 import requests
+import urllib3
 
 from builder import __version__
 from builder.errors import BuildError
@@ -60,11 +66,11 @@ class RetryPolicy:
     max_wait: float = 30.0         # cap for backoff and for any Retry-After a server asks for
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
 
-    def wait(self, attempt: int, retry_after_header: Optional[str] = None) -> None:
-        """Sleep before retry number ``attempt`` (1-based)."""
+    def wait(self, attempt: int, retry_after_header: Optional[str] = None, budget: float = math.inf) -> None:
+        """Sleep before retry number ``attempt`` (1-based), never past ``budget`` seconds."""
         asked = retry_after(retry_after_header)
         delay = asked if asked is not None else self.backoff * (2 ** (attempt - 1))
-        self.sleep(min(delay, self.max_wait))
+        self.sleep(max(0.0, min(delay, self.max_wait, budget)))
 
 
 @dataclass
@@ -130,40 +136,105 @@ def http_url(url: str) -> str:
     return url[4:] if url.startswith("pkg+") else url
 
 
+class TooLarge(BuildError):
+    pass
+
+
+class TooSlow(BuildError):
+    pass
+
+
+CHUNK = 1 << 16
+PACKAGE_DEADLINE = 30 * 60.0     # seconds for one package, every attempt included
+CATALOGUE_DEADLINE = 2 * 60.0    # seconds for meta.conf or one catalogue archive
+
+
+class _Budget:
+    """The byte limit and the deadline of one download, checked as data arrives."""
+
+    def __init__(self, what: str, limit: Optional[int], deadline: Optional[float]):
+        self.what, self.limit, self.deadline = what, limit, deadline
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - self.elapsed()
+
+    def too_slow(self, received: int) -> TooSlow:
+        return TooSlow(f"{self.what}: no complete download within the {self.deadline:g}s deadline "
+                       f"({self.elapsed():.1f}s elapsed, {received} bytes received); refusing")
+
+    def check_time(self, received: int) -> None:
+        if self.left() <= 0:
+            raise self.too_slow(received)
+
+    def check_size(self, size: int, announced: bool = False) -> None:
+        if self.limit is not None and size > self.limit:
+            if announced:
+                raise TooLarge(f"{self.what}: server announces {size} bytes, over the limit of {self.limit} bytes; "
+                               "refusing")
+            raise TooLarge(f"{self.what}: server sent more than the limit of {self.limit} bytes; refusing")
+
+    def timeout(self, configured: tuple[float, float]) -> tuple[float, float]:
+        # a request must not wait on the network past the deadline either
+        left = max(self.left(), 0.001)
+        return (min(configured[0], left), min(configured[1], left))
+
+
+def _arrivals(resp: requests.Response):
+    """The body as it arrives: read1 returns whatever one socket read gave, where read(n)
+    (and iter_content) would block until n bytes came, deaf to any deadline meanwhile."""
+    while True:
+        chunk = resp.raw.read1(CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
 class Transport(Http):
     """Repository files: file://, http(s)://, pkg+http(s)://, with Range resume of interrupted bodies."""
 
     def __init__(self, retries: int = 4, backoff: float = 0.25, timeout: tuple[float, float] = (10.0, 30.0),
-                 sleep: Callable[[float], None] = time.sleep, progress: Optional[bool] = None):
+                 sleep: Callable[[float], None] = time.sleep, progress: Optional[bool] = None,
+                 package_deadline: float = PACKAGE_DEADLINE, catalogue_deadline: float = CATALOGUE_DEADLINE):
         super().__init__(RetryPolicy(retries, backoff, sleep=sleep), timeout)
         if progress is None:
             progress = sys.stderr.isatty() and not os.environ.get("CI")
         self.progress = progress
+        self.package_deadline = package_deadline
+        self.catalogue_deadline = catalogue_deadline
 
-    def fetch_to(self, url: str, out: BinaryIO, label: Optional[str] = None) -> int:
-        """Write the body of url to out (opened for writing at position 0); return its size."""
+    def fetch_to(self, url: str, out: BinaryIO, label: Optional[str] = None, limit: Optional[int] = None,
+                 deadline: Optional[float] = None, what: Optional[str] = None) -> int:
+        """Write the body of url to out (opened for writing at position 0); return its size.
+
+        More than ``limit`` bytes, or no complete body within ``deadline`` seconds
+        (all attempts together), is a refusal naming ``what`` (default: the URL).
+        """
         url = http_url(url)
+        budget = _Budget(what or url, limit, deadline)
         if url.startswith("file://"):
-            return self._fetch_file(url, out)
+            return self._fetch_file(url, out, budget)
         if not url.startswith(("http://", "https://")):
             raise BuildError(f"unsupported URL scheme: {url}")
-        return self._fetch_http(url, out, label or url.rsplit("/", 1)[-1])
+        return self._fetch_http(url, out, label or url.rsplit("/", 1)[-1], budget)
 
-    def fetch_bytes(self, url: str, limit: int = 512 << 20) -> bytes:
+    def fetch_bytes(self, url: str, limit: int, deadline: Optional[float] = None) -> bytes:
         buf = io.BytesIO()
-        self.fetch_to(url, buf)
-        if buf.tell() > limit:
-            raise BuildError(f"{url}: larger than {limit} bytes")
+        self.fetch_to(url, buf, limit=limit, deadline=self.catalogue_deadline if deadline is None else deadline)
         return buf.getvalue()
 
-    def _fetch_file(self, url: str, out: BinaryIO) -> int:
+    def _fetch_file(self, url: str, out: BinaryIO, budget: _Budget) -> int:
         path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
         try:
             with open(path, "rb") as fh:
                 n = 0
                 while chunk := fh.read(1 << 20):
-                    out.write(chunk)
                     n += len(chunk)
+                    budget.check_size(n)
+                    out.write(chunk)
         except FileNotFoundError as exc:
             raise NotFound(f"{url}: not found") from exc
         except OSError as exc:
@@ -171,22 +242,27 @@ class Transport(Http):
         self.stats.bytes += n
         return n
 
-    def _fetch_http(self, url: str, out: BinaryIO, label: str) -> int:
+    def _fetch_http(self, url: str, out: BinaryIO, label: str, budget: _Budget) -> int:
         written = 0
         last_error = "no attempt"
         # Each pass is one body transfer; a body cut short is resumed with Range on the next pass.
         for attempt in range(self.policy.retries + 1):
+            budget.check_time(written)
             if attempt:
                 self.stats.retries += 1
-            headers = {"Range": f"bytes={written}-"} if written else {}
+            # Range offsets count the bytes as stored, so no content coding on the way.
+            headers = {"Accept-Encoding": "identity"}
+            if written:
+                headers["Range"] = f"bytes={written}-"
             try:
-                with self.send("GET", url, url, retry=False, headers=headers, stream=True) as resp:
+                with self.send("GET", url, url, retry=False, headers=headers, stream=True,
+                               timeout=budget.timeout(self.timeout)) as resp:
                     if resp.status_code in (404, 410):
                         raise NotFound(f"{url}: HTTP {resp.status_code}")
                     if resp.status_code in RETRY_STATUS:
                         last_error = f"HTTP {resp.status_code}"
                         if attempt < self.policy.retries:
-                            self.policy.wait(attempt + 1, resp.headers.get("Retry-After"))
+                            self.policy.wait(attempt + 1, resp.headers.get("Retry-After"), budget.left())
                         continue
                     if resp.status_code == 206 and written:
                         start = resp.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
@@ -206,10 +282,14 @@ class Transport(Http):
                         raise BuildError(f"{url}: HTTP {resp.status_code} {resp.reason}")
                     total = resp.headers.get("Content-Length")
                     expected = written + int(total) if total and total.isdigit() else None
-                    for chunk in resp.iter_content(1 << 16):
-                        out.write(chunk)
+                    if expected is not None:
+                        budget.check_size(expected, announced=True)
+                    for chunk in _arrivals(resp):
                         written += len(chunk)
                         self.stats.bytes += len(chunk)
+                        budget.check_size(written)
+                        budget.check_time(written)
+                        out.write(chunk)
                         if self.progress and expected:
                             print(f"\r{label}: {written * 100 // expected}%", end="", file=sys.stderr)
                     if self.progress and expected:
@@ -218,9 +298,12 @@ class Transport(Http):
                         last_error = f"body truncated at {written} of {expected} bytes"
                         continue
                     return written
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError) as exc:
                 last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if budget.left() <= 0:
+                    raise budget.too_slow(written) from exc
                 if attempt < self.policy.retries:
-                    self.policy.wait(attempt + 1)
+                    self.policy.wait(attempt + 1, budget=budget.left())
                 continue
         raise BuildError(f"{url}: giving up after {self.policy.retries + 1} attempts ({last_error})")

@@ -85,9 +85,33 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
+class _Refused(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases.
+
+    Every alias is a copy of its anchor once built, so ten nested aliases of ten
+    make 10^10 nodes from a few hundred bytes ("billion laughs"); merge keys
+    (``<<: [*a, *a]``) double the composer's own lists the same way. No project
+    file uses anchors, so an alias is refused where it stands rather than counted.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(None, None, f"YAML aliases (*{event.anchor}) are not allowed in project files; "
+                           "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_text(text: str, file: str) -> Located:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
+    except _Refused as exc:
+        mark = exc.problem_mark
+        raise ConfigError([Diagnostic(file, mark.line + 1, mark.column + 1, exc.problem)]) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -97,12 +121,18 @@ def load_text(text: str, file: str) -> Located:
         raise ConfigError([Diagnostic(file, line, col, f"YAML syntax error: {problem}")]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([Diagnostic(file, 1, 1, f"YAML error: {exc}")]) from exc
+    except RecursionError as exc:
+        # the composer recurses once per nesting level
+        raise ConfigError([Diagnostic(file, 1, 1, "YAML nested too deeply")]) from exc
     builder = _Builder(file)
     if node is None:
         builder.doc.data = {}
         builder.doc.values[()] = (1, 1)
     else:
-        builder.doc.data = builder.build(node, ())
+        try:
+            builder.doc.data = builder.build(node, ())
+        except RecursionError as exc:
+            raise ConfigError([Diagnostic(file, 1, 1, "YAML nested too deeply")]) from exc
     if builder.problems:
         raise ConfigError(builder.problems)
     return builder.doc

@@ -16,6 +16,50 @@ from builder.errors import BuildError
 from builder.common.archive import iter_tar
 from builder.install.fsmodel import normalise
 
+# pkg's own manifests stay under a few MB even for the largest packages (FreeBSD-src);
+# anything bigger is refused unread, however small the compressed package is.
+MANIFEST_LIMIT = 16 << 20
+
+# The manifest fields the builder reads, and the JSON types pkg writes for them: a
+# field of another type is refused here, by name, not met later as a TypeError.
+_STR, _INT, _BOOL, _LIST, _DICT = (str,), (int,), (bool,), (list,), (dict,)
+MANIFEST_TYPES = {
+    "name": _STR, "origin": _STR, "version": _STR, "arch": _STR, "abi": _STR, "comment": _STR,
+    "desc": _STR, "maintainer": _STR, "www": _STR, "prefix": _STR, "licenselogic": _STR,
+    "flatsize": _INT, "vital": _BOOL,
+    "deps": _DICT, "options": _DICT, "scripts": _DICT, "files": _DICT, "directories": _DICT + _LIST,
+    "annotations": _DICT,
+    "config": _LIST, "categories": _LIST, "licenses": _LIST, "users": _LIST, "groups": _LIST,
+    "shlibs_required": _LIST, "shlibs_provided": _LIST, "provides": _LIST, "requires": _LIST,
+}
+# What the values inside those containers must be.
+ITEM_TYPES = {"deps": (dict,), "options": (str,), "scripts": (str,), "files": (str, dict), "annotations": (str,),
+              "config": (str,), "categories": (str,), "licenses": (str,), "users": (str,), "groups": (str,),
+              "shlibs_required": (str,), "shlibs_provided": (str,), "provides": (str,), "requires": (str,)}
+
+
+def _type_name(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", int: "an integer", bool: "a boolean",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def check_manifest_types(doc: dict, what: str, name: str) -> None:
+    for key, types in MANIFEST_TYPES.items():
+        if key not in doc or doc[key] is None:
+            continue
+        v = doc[key]
+        # bool is an int to Python, never to pkg
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise BuildError(f"{what}: {name}: field {key!r} is {_type_name(v)}, "
+                             f"expected {' or '.join(_type_name(t()) for t in types)}")
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        want = ITEM_TYPES.get(key)
+        if want:
+            bad = next((x for x in items if not isinstance(x, want)), None)
+            if bad is not None:
+                raise BuildError(f"{what}: {name}: field {key!r} holds {_type_name(bad)}, "
+                                 f"expected {' or '.join(_type_name(t()) for t in want)}")
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -78,9 +122,23 @@ class PackageReader:
             doc = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BuildError(f"{self.what}: {name} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise BuildError(f"{self.what}: {name} is JSON nested too deeply; refusing") from exc
         if not isinstance(doc, dict):
             raise BuildError(f"{self.what}: {name} is not a JSON object")
+        check_manifest_types(doc, self.what, name)
+        missing = [k for k in ("name", "origin", "version") if k not in doc]
+        if name == "+MANIFEST" and missing:
+            raise BuildError(f"{self.what}: {name} has no {', '.join(missing)}")
         return doc
+
+    def _read_manifest(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> bytes:
+        # the tar header gives the size before a byte is read (or decompressed)
+        if member.size > MANIFEST_LIMIT:
+            raise BuildError(f"{self.what}: {member.name} is {member.size} bytes, over the limit of "
+                             f"{MANIFEST_LIMIT} bytes for a manifest; refusing")
+        f = tar.extractfile(member)
+        return f.read(MANIFEST_LIMIT + 1) if f else b""
 
     def entries(self) -> Iterator[tuple[Entry, Optional[BinaryIO]]]:
         """Yield (entry, data stream or None); read the stream before advancing."""
@@ -89,8 +147,7 @@ class PackageReader:
         for member, tar in iter_tar(self.fh, self.what, self.limit):
             self.order.append(member.name)
             if member.name in METADATA:
-                f = tar.extractfile(member)
-                doc = self._parse(member.name, f.read() if f else b"")
+                doc = self._parse(member.name, self._read_manifest(member, tar))
                 if member.name == "+MANIFEST":
                     self.manifest = doc
                     config = set(doc.get("config") or ())

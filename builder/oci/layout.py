@@ -120,7 +120,10 @@ class Layout:
         return data
 
     def read_json(self, digest: str) -> dict:
-        return json.loads(self.read_blob(digest))
+        try:
+            return json.loads(self.read_blob(digest))
+        except (ValueError, RecursionError) as exc:
+            raise BuildError(f"{self.root}: blob {digest} is not JSON ({type(exc).__name__})") from exc
 
     @contextlib.contextmanager
     def open_blob(self, digest: str) -> Iterator[BinaryIO]:

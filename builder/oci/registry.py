@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import time
@@ -47,11 +48,20 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
 
 
+REDACTED = "<redacted>"
+# Authorization values however they are quoted back at us: a header line, a JSON or
+# Python dict echo, or a bare "Basic xxx" / "Bearer xxx".
+_AUTH_HEADER = re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?)[^\r\n"']*""")
+_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer)(\s+)[A-Za-z0-9._~+/=-]+")
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
 class Registry:
     def __init__(self, host: str, insecure: bool = False, auth: Optional[tuple[str, str]] = None,
                  retries: int = 4, backoff: float = 0.25, chunk_size: int = CHUNK,
                  monolithic_max: int = MONOLITHIC_MAX, sleep: Callable[[float], None] = time.sleep):
         self.host = host
+        self.insecure = insecure
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.auth = auth
         self.http = Http(RetryPolicy(retries, backoff, sleep=sleep), timeout=(10, 300))
@@ -69,25 +79,59 @@ class Registry:
             return {"Authorization": "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()}
         return {}
 
+    def redact(self, text: str) -> str:
+        """text without our password, our tokens or any Authorization value (servers echo requests)."""
+        secrets = [t for k, t in self.tokens.items() if k != "basic"]
+        if self.auth and self.auth[1]:
+            user, password = self.auth
+            pair = f"{user}:{password}"
+            secrets += [base64.b64encode(pair.encode()).decode(), pair, password,
+                        urllib.parse.quote(password, safe=""), json.dumps(password)[1:-1]]
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        text = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, text)
+        return _AUTH_VALUE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+
+    def _refuse(self, message: str) -> BuildError:
+        return BuildError(self.redact(f"registry {self.host}: {message}"))
+
+    def _may_send_password(self, realm: urllib.parse.SplitResult) -> bool:
+        # the realm comes from the registry's answer: our password goes there only over TLS,
+        # to the registry's own host, or when plain HTTP was asked for (--insecure)
+        own = urllib.parse.urlsplit(f"//{self.host}").hostname
+        return realm.scheme == "https" or (realm.hostname or "").lower() == (own or "").lower() or self.insecure
+
     def _login(self, header: str, scope: str) -> None:
         scheme, params = _challenge(header)
         if scheme == "basic":
             if not self.auth:
-                raise BuildError(f"registry {self.host} wants a user name and password (basic auth)")
+                raise self._refuse("wants a user name and password (basic auth)")
             self.tokens["basic"] = "1"
             return
         if scheme != "bearer" or "realm" not in params:
-            raise BuildError(f"registry {self.host}: unsupported authentication challenge {header!r}")
+            raise self._refuse(f"unsupported authentication challenge {header[:200]!r}")
+        realm = params["realm"]
+        parts = urllib.parse.urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self._refuse(f"token realm {realm[:200]!r} is not an http(s) URL")
+        if self.auth and not self._may_send_password(parts):
+            raise self._refuse(f"token realm {realm} is plain HTTP on another host; not sending the password "
+                               "there (an https realm is needed, or --insecure)")
         q: dict = {"service": params.get("service", "")}
         if scope:
             q["scope"] = scope.split(" ")   # one scope parameter per repository
-        r = self.session.get(params["realm"], params=q, auth=self.auth, timeout=30)
+        r = self.http.send("GET", realm, self.redact(f"registry {self.host}: token request to {realm}"),
+                           params=q, auth=self.auth, timeout=30)
         if r.status_code != 200:
-            raise BuildError(f"registry {self.host}: token request to {params['realm']} failed: HTTP {r.status_code}")
-        doc = r.json()
-        token = doc.get("token") or doc.get("access_token")
-        if not token:
-            raise BuildError(f"registry {self.host}: token server gave no token")
+            raise self._refuse(f"token request to {realm} failed: HTTP {r.status_code}")
+        try:
+            doc = r.json()
+        except (ValueError, RecursionError) as exc:
+            raise self._refuse(f"token server {realm} answered {r.headers.get('Content-Type', 'something')!r}, "
+                               "not JSON") from exc
+        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise self._refuse(f"token server {realm} gave no usable token")
         self.tokens[scope] = token
 
     def request(self, method: str, url: str, scope: str = "", ok=(200,), data=None, headers=None,
@@ -107,14 +151,15 @@ class Registry:
                 continue
             break
         if r.status_code not in ok:
-            detail = r.text[:300].strip()
-            raise BuildError(f"registry {self.host}: {method} {path}: HTTP {r.status_code} {detail}")
+            # redact the whole body before cutting it, so no secret survives half-cut
+            detail = self.redact(r.text[:65536])[:300].strip()
+            raise self._refuse(f"{method} {path}: HTTP {r.status_code} {detail}")
         return r
 
     def _loc(self, r: requests.Response) -> str:
         loc = r.headers.get("Location")
         if not loc:
-            raise BuildError(f"registry {self.host}: upload session without a Location")
+            raise self._refuse("upload session without a Location")
         return urllib.parse.urljoin(self.base + "/", loc)
 
     @staticmethod

@@ -114,6 +114,26 @@ def _from_archive(path: Path) -> Source:
     return Source(str(path), Layout(Path(tmp)), None, tmp)
 
 
+def _registry_doc(data: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BuildError(f"{what}: not a JSON document ({type(exc).__name__}); refusing") from exc
+    if not isinstance(doc, dict):
+        raise BuildError(f"{what}: not a JSON object; refusing")
+    return doc
+
+
+def _descriptors(doc: dict, key: str, what: str, many: bool = True) -> list[dict]:
+    """doc[key] as a list of descriptors, each with a string digest (checked again as a path by Layout)."""
+    value = doc.get(key)
+    items = value if many else [value]
+    if not isinstance(items, list) or not all(isinstance(d, dict) and isinstance(d.get("digest"), str)
+                                             for d in items):
+        raise BuildError(f"{what}: {key!r} is not {'a list of descriptors' if many else 'a descriptor'}; refusing")
+    return items
+
+
 def _from_registry(spec: str, insecure: bool) -> Source:
     from builder.oci.registry import ACCEPT, Registry
     rest = spec[len("docker://"):]
@@ -121,27 +141,50 @@ def _from_registry(spec: str, insecure: bool) -> Source:
     repo, _, tag = path.rpartition(":") if ":" in path.split("/")[-1] else (path, "", "latest")
     reg = Registry(host, insecure=insecure)
     tmp = tempfile.mkdtemp(prefix="freebsd-images-diff.")
-    layout = Layout(Path(tmp)).init()
+    try:
+        layout = Layout(Path(tmp)).init()
 
-    def fetch(digest: str) -> None:
-        if layout.has_blob(digest):
-            return
-        r = reg.request("GET", f"/v2/{repo}/blobs/{digest}", f"repository:{repo}:pull")
-        layout.put_bytes(r.content)
+        def check(digest: str, what: str) -> None:
+            # a digest from the registry becomes a URL and a file name: well-formed first
+            try:
+                layout.blob_path(digest)
+            except BuildError as exc:
+                raise BuildError(f"{what}: bad digest {digest[:80]!r}; refusing") from exc
 
-    data = reg.request("GET", f"/v2/{repo}/manifests/{tag}", f"repository:{repo}:pull", headers={"Accept": ACCEPT}).content
-    top = json.loads(data)
-    digest, size = layout.put_bytes(data)
-    mans = [m["digest"] for m in top.get("manifests", [])] if "manifests" in top else [digest]
-    for md in mans:
-        if md != digest:
-            layout.put_bytes(reg.request("GET", f"/v2/{repo}/manifests/{md}", f"repository:{repo}:pull",
-                                         headers={"Accept": ACCEPT}).content)
-        m = layout.read_json(md)
-        for blob in [m["config"]] + m["layers"]:
-            fetch(blob["digest"])
-    name = f"{repo.rsplit('/', 1)[-1]}:{tag}"
-    layout.set_refs({name: Descriptor(top.get("mediaType", INDEX_MT), digest, size)})
+        def store(data: bytes, digest: str, what: str) -> None:
+            got, _ = layout.put_bytes(data)
+            if got != digest:
+                raise BuildError(f"{what}: registry sent content with digest {got}, not {digest}; refusing")
+
+        def fetch(digest: str, what: str) -> None:
+            check(digest, what)
+            if layout.has_blob(digest):
+                return
+            r = reg.request("GET", f"/v2/{repo}/blobs/{digest}", f"repository:{repo}:pull")
+            store(r.content, digest, f"{spec}: blob {digest}")
+
+        data = reg.request("GET", f"/v2/{repo}/manifests/{tag}", f"repository:{repo}:pull",
+                           headers={"Accept": ACCEPT}).content
+        top = _registry_doc(data, f"{spec}: manifest")
+        digest, size = layout.put_bytes(data)
+        mans = [m["digest"] for m in _descriptors(top, "manifests", f"{spec}: index")] if "manifests" in top else [digest]
+        for md in mans:
+            check(md, f"{spec}: index")
+            what = f"{spec}: manifest {md}"
+            if md != digest:
+                store(reg.request("GET", f"/v2/{repo}/manifests/{md}", f"repository:{repo}:pull",
+                                  headers={"Accept": ACCEPT}).content, md, what)
+            m = _registry_doc(layout.read_blob(md), what)
+            for blob in _descriptors(m, "config", what, many=False) + _descriptors(m, "layers", what):
+                fetch(blob["digest"], what)
+        media_type = top.get("mediaType", INDEX_MT)
+        if not isinstance(media_type, str):
+            raise BuildError(f"{spec}: manifest: 'mediaType' is not a string; refusing")
+        name = f"{repo.rsplit('/', 1)[-1]}:{tag}"
+        layout.set_refs({name: Descriptor(media_type, digest, size)})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Source(spec, layout, None, tmp)
 
 
@@ -328,8 +371,10 @@ def _json_diff(image: str, where: str, a, b, prefix: str = "") -> list[Differenc
 
 
 def _platform(desc: dict) -> str:
-    p = desc.get("platform") or {}
-    return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or "?"
+    p = desc.get("platform")
+    if not isinstance(p, dict):
+        p = {}
+    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or "?"
 
 
 def _compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db: str) -> list[Difference]:

@@ -39,6 +39,10 @@ class RemotePackage:
 
     @classmethod
     def from_json(cls, obj: dict, repository: str, where: str) -> "RemotePackage":
+        for key in ("name", "origin", "version", "sum"):
+            if not isinstance(obj.get(key), str):
+                raise BuildError(f"{where}: malformed package entry {obj.get('name', '?')!r:.80}: "
+                                 f"{key} must be a string, not {type(obj.get(key)).__name__}")
         pkg = cls._from_json(obj, repository, where)
         check_repopath(pkg.repopath, f"{where}: package {pkg.name}")
         return pkg
@@ -132,6 +136,8 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BuildError(f"{where}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        except RecursionError as exc:
+            raise BuildError(f"{where}: JSON nested too deeply; refusing") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("packages"), list):
             raise BuildError(f"{where}: expected a JSON object with a 'packages' list")
         objs = doc["packages"]
@@ -145,6 +151,8 @@ def parse_catalogue(member: str, content: bytes, repository: str, url: str, meta
                 objs.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise BuildError(f"{where}:{lineno}: bad JSON: {exc.msg}") from exc
+            except RecursionError as exc:
+                raise BuildError(f"{where}:{lineno}: JSON nested too deeply; refusing") from exc
         kind = "packagesite"
     packages: dict[str, RemotePackage] = {}
     for obj in objs:

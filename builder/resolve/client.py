@@ -1,4 +1,13 @@
-"""Fetch and verify a repository's catalogue, and its package files."""
+"""Fetch and verify a repository's catalogue, and its package files.
+
+What a repository may make us read is bounded before anything is verified
+(a signature check comes after the download): meta.conf at META_LIMIT, a
+catalogue archive at CATALOGUE_LIMIT compressed and CATALOGUE_LIMIT
+decompressed (FreeBSD's whole ports catalogue is about 10 MB compressed,
+150 MB decompressed), a package at the size its catalogue entry gives. Each
+download also has a total deadline (``Transport.catalogue_deadline``,
+``Transport.package_deadline``).
+"""
 from __future__ import annotations
 
 import io
@@ -13,12 +22,22 @@ from builder.resolve.cache import Cache
 from builder.resolve.catalogue import Catalogue, Meta, RemotePackage, parse_catalogue
 from builder.common.http import NotFound, Transport
 
+META_LIMIT = 1 << 20
+CATALOGUE_LIMIT = 512 << 20
+# A catalogue entry without pkgsize (never written by pkg) still gets a ceiling.
+UNKNOWN_PACKAGE_LIMIT = 4 << 30
+
+
+def catalogue_file_limit(name: str) -> int:
+    """The most bytes a repository's top-level file may have (meta.conf, meta, data.pkg, ...)."""
+    return META_LIMIT if name in ("meta.conf", "meta") else CATALOGUE_LIMIT
+
 
 def _first(transport: Transport, base: str, names: list[str]) -> tuple[str, bytes]:
     missing = []
     for name in names:
         try:
-            return name, transport.fetch_bytes(f"{base}/{name}")
+            return name, transport.fetch_bytes(f"{base}/{name}", catalogue_file_limit(name))
         except NotFound:
             missing.append(name)
     raise BuildError(f"{base}: none of {', '.join(missing)} found")
@@ -35,7 +54,7 @@ def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalog
                   (f"{meta.manifests_archive}.{fmt}", meta.manifests)]
     for archive_name, member in candidates:
         try:
-            blob = transport.fetch_bytes(f"{base}/{archive_name}")
+            blob = transport.fetch_bytes(f"{base}/{archive_name}", CATALOGUE_LIMIT)
         except NotFound:
             continue
         try:
@@ -45,7 +64,7 @@ def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalog
         wanted = {member, member + ".sig", member + ".pub", "signature"}
         members = {}
         built = 0
-        for m, tar in archive.iter_tar(io.BytesIO(blob), f"{what}: {archive_name}", 512 << 20):
+        for m, tar in archive.iter_tar(io.BytesIO(blob), f"{what}: {archive_name}", CATALOGUE_LIMIT):
             if m.name in wanted and m.isfile():
                 members[m.name] = tar.extractfile(m).read()
                 if m.name == member:
@@ -61,8 +80,12 @@ def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalog
 def fetch_package(transport: Transport, cache: Cache, repo: Repository, abi: str, pkg: RemotePackage) -> Path:
     url = f"{repo.url_for(abi).rstrip('/')}/{pkg.repopath}"
     what = f"package {pkg.name}-{pkg.version} ({url})"
+    # the catalogue is signed and its pkgsize is exact: a longer body is not the package
+    limit = pkg.pkgsize if pkg.pkgsize > 0 else UNKNOWN_PACKAGE_LIMIT
+    sized = f"package {pkg.name}-{pkg.version} ({url}, {pkg.pkgsize} bytes in the catalogue)" if pkg.pkgsize > 0 else what
 
     def writer(fh):
-        transport.fetch_to(url, fh, label=f"{pkg.name}-{pkg.version}")
+        transport.fetch_to(url, fh, label=f"{pkg.name}-{pkg.version}", limit=limit,
+                           deadline=transport.package_deadline, what=sized)
 
     return cache.store(pkg.sum, what, writer)

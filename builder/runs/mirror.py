@@ -5,8 +5,10 @@ import shutil
 from pathlib import Path
 
 from builder.common.atomic import atomic_output, atomic_write_bytes
+from builder.common.http import NotFound
 from builder.errors import BuildError
 from builder.resolve.catalogue import check_repopath
+from builder.resolve.client import catalogue_file_limit
 from builder.resolve.lock import Lock
 from builder.runs.context import Context
 
@@ -26,8 +28,9 @@ def mirror_release(ctx: Context, lock: Lock, dest: Path) -> dict[str, int]:
             where.mkdir(parents=True, exist_ok=True)
             for name in CATALOGUE_FILES:
                 try:
-                    atomic_write_bytes(where / name, ctx.transport.fetch_bytes(f"{base}/{name}"))
-                except BuildError:
+                    atomic_write_bytes(where / name, ctx.transport.fetch_bytes(f"{base}/{name}", catalogue_file_limit(name)))
+                except NotFound:
+                    # only absence makes a file optional: a refusal (too large, too slow) is not absence
                     if name in REQUIRED:
                         raise
             for n, p in lock.arches[arch].packages.items():
