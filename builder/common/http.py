@@ -24,10 +24,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
 
-import requests
-import urllib3
+if TYPE_CHECKING:
+    import requests
 
 from builder import __version__
 from builder.errors import BuildError
@@ -81,7 +81,8 @@ class Stats:
     bytes: int = 0
 
 
-def new_session() -> requests.Session:
+def new_session() -> "requests.Session":
+    import requests   # here, not at the top: a build whose layers are all cached never opens a connection
     s = requests.Session()
     s.headers["User-Agent"] = f"freebsd-images/{__version__}"
     # Retries are ours (RetryPolicy), so that downloads and the registry share one policy.
@@ -97,11 +98,18 @@ class Http:
     def __init__(self, policy: Optional[RetryPolicy] = None, timeout: tuple[float, float] = (10.0, 30.0)):
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
-        self.session = new_session()
+        self._session = None
         self.stats = Stats()
 
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = new_session()
+        return self._session
+
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
     def send(self, method: str, url: str, describe: str, retry: bool = True, **kw) -> requests.Response:
         """One request, retried on connection errors and RETRY_STATUS; the last answer is returned as is.
@@ -109,6 +117,7 @@ class Http:
         ``retry=False`` is for callers that retry a larger unit themselves (a resumable body)
         with the same policy: connection errors then propagate as they are.
         """
+        import requests
         kw.setdefault("timeout", self.timeout)
         if not retry:
             self.stats.requests += 1
@@ -243,6 +252,8 @@ class Transport(Http):
         return n
 
     def _fetch_http(self, url: str, out: BinaryIO, label: str, budget: _Budget) -> int:
+        import requests
+        import urllib3
         written = 0
         last_error = "no attempt"
         # Each pass is one body transfer; a body cut short is resumed with Range on the next pass.

@@ -16,9 +16,10 @@ import re
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 from builder.common.http import Http, RetryPolicy
 from builder.errors import BuildError
@@ -65,12 +66,15 @@ class Registry:
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.auth = auth
         self.http = Http(RetryPolicy(retries, backoff, sleep=sleep), timeout=(10, 300))
-        self.session = self.http.session
         self.chunk_size, self.monolithic_max = chunk_size, monolithic_max
         self.tokens: dict[str, str] = {}    # scope -> bearer token
         self.stats = PushStats()
 
     # --- HTTP with auth and retries ----------------------------------------------------------
+
+    @property
+    def session(self):
+        return self.http.session
 
     def _authorization(self, scope: str) -> dict:
         if scope in self.tokens:
