@@ -70,7 +70,7 @@ ci-check: $(STAMP)  ## the GitHub workflow: current, valid for GitHub's schema, 
 plan: $(STAMP)  ## show every target and its packages
 	$(FI) plan
 
-bench: $(STAMP)  ## benchmark: build a ~150 MB small image, print seconds, MB/s, peak RSS
+bench: $(STAMP)  ## benchmarks: family (~150 MB small), no-op, one bump, ~1.2 GB image; vs zlib-6 and official-style
 	$(PYTHON) -m builder.runs.bench
 
 golden: $(STAMP)  ## rewrite tests/fixtures/golden/ (expected digests of the demo family): a format change

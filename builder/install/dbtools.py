@@ -1,6 +1,7 @@
 """pwd_mkdb, cap_mkdb and services_mkdb: text sources to Berkeley DB hash files."""
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -65,6 +66,9 @@ def _record(e: PwEntry, passwd: str, order: str) -> bytes:
             + s(e.dir) + s(e.shell) + n(e.expire) + n(e.fields))
 
 
+# The *_mkdb tools are pure functions of their input bytes, and every flavour and arch with the
+# same /etc file asks again: each database is computed once per process.
+@functools.lru_cache(maxsize=16)
 def pwd_mkdb(master_passwd: bytes, info: bdb.HashInfo = bdb.PWD_INFO, legacy_records: bool = False) -> dict[str, bytes]:
     """``pwd_mkdb -p``: /etc/pwd.db, /etc/spwd.db and /etc/passwd from master.passwd.
 
@@ -171,6 +175,7 @@ def _expand_tc(rec: str, by_name: dict[str, str], depth: int = 0) -> str:
         out = out[:i] + body + out[j:]
 
 
+@functools.lru_cache(maxsize=16)
 def cap_mkdb(source: bytes, info: bdb.HashInfo = bdb.CAP_INFO) -> bytes:
     text = source.decode("utf-8", "surrogateescape")
     records = _cap_records(text)
@@ -193,6 +198,7 @@ def cap_mkdb(source: bytes, info: bdb.HashInfo = bdb.CAP_INFO) -> bytes:
 
 # --- services_mkdb -------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=16)
 def services_mkdb(source: bytes, info: bdb.HashInfo = bdb.SERVICES_INFO) -> bytes:
     protos: list[str] = []
     svc: dict[int, dict[int, list[str]]] = {}

@@ -129,8 +129,11 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
                 f"{'reused from the layer cache' if r.reused else 'built'}")
         return arch, res
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = dict(pool.map(one, ctx.arches))
+    if jobs <= 1:
+        results = dict(map(one, ctx.arches))
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = dict(pool.map(one, ctx.arches))
 
     images: list[BuiltImage] = []
     by_key: dict[tuple[str, str], BuiltImage] = {}
