@@ -141,7 +141,8 @@ class BlockCompressor(io.RawIOBase):
     def __init__(self, sink: BinaryIO, codec: str, level: int, workers: int = 1, block: int = BLOCK):
         self.sink, self.level, self.block = sink, level, block
         self.fn = CODECS[codec]
-        self.buf = bytearray()
+        self.buf: list[bytes] = []
+        self.buffered = 0
         self.queue: collections.deque = collections.deque()
         self.blocks = 0
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers)) if workers > 1 else None
@@ -151,11 +152,18 @@ class BlockCompressor(io.RawIOBase):
         return True
 
     def write(self, b) -> int:
-        self.buf += b
-        while len(self.buf) >= self.block:
-            self._submit(bytes(self.buf[:self.block]))
-            del self.buf[:self.block]
-        return len(b)
+        n = len(b)
+        self.buf.append(bytes(b))
+        self.buffered += n
+        if self.buffered >= self.block:
+            data = b"".join(self.buf)
+            cut = 0
+            while len(data) - cut >= self.block:
+                self._submit(data[cut:cut + self.block])
+                cut += self.block
+            self.buf = [data[cut:]] if cut < len(data) else []
+            self.buffered = len(data) - cut
+        return n
 
     def _submit(self, data: bytes) -> None:
         self.blocks += 1
@@ -167,9 +175,9 @@ class BlockCompressor(io.RawIOBase):
             self.sink.write(self.queue.popleft().result())
 
     def finish(self) -> None:
-        if self.buf or not self.blocks:
-            self._submit(bytes(self.buf))
-            self.buf = bytearray()
+        if self.buffered or not self.blocks:
+            self._submit(b"".join(self.buf))
+            self.buf, self.buffered = [], 0
         while self.queue:
             self.sink.write(self.queue.popleft().result())
         if self.pool is not None:

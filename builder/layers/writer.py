@@ -111,7 +111,8 @@ class _PackageSpool:
 
 def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages: dict[str, Path],
                 ids: IdMap, epoch: int, compression: str = "gzip", workers: int = 1) -> LayerInfo:
-    compressed = HashingWriter(out)
+    # the layout's blob writer already hashes what it stores: hash the compressed bytes once
+    compressed = out if isinstance(out, HashingWriter) else HashingWriter(out)
     comp = BlockCompressor(compressed, compression, LEVELS[compression], workers)
     plain = HashingWriter(comp)
     spool = _PackageSpool(packages)

@@ -28,14 +28,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "freebsd-images"
 
 
-def _hash_file(path: Path) -> tuple[str, str]:
+def _hash_file(path: Path, expected_sum: str) -> tuple[str, str]:
+    # blake2 only for the typed sums that need it: hashing is most of a warm fetch
     sha = hashlib.sha256()
-    b2 = checksum.Hasher(checksum.BLAKE2_BASE32)
+    b2 = checksum.Hasher(checksum.BLAKE2_BASE32) if checksum.file_sum_kind(expected_sum) == checksum.BLAKE2_BASE32 \
+        else None
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
-            b2.update(chunk)
-    return sha.hexdigest(), b2.encoded()
+            if b2 is not None:
+                b2.update(chunk)
+    return sha.hexdigest(), b2.encoded() if b2 is not None else None
 
 
 class Cache:
@@ -71,7 +74,7 @@ class Cache:
         path = self._blob(sha)
         if not path.exists():
             return None
-        actual_sha, b2 = _hash_file(path)
+        actual_sha, b2 = _hash_file(path, expected_sum)
         if actual_sha != sha or not checksum.package_sum_matches(expected_sum, actual_sha, b2):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -88,7 +91,7 @@ class Cache:
             with pending(self.root / "tmp", "dl-") as p:
                 writer(p.fh)
                 p.fh.flush()
-                sha, b2 = _hash_file(Path(p.path))
+                sha, b2 = _hash_file(Path(p.path), expected_sum)
                 if not checksum.package_sum_matches(expected_sum, sha, b2):
                     last = f"checksum mismatch: expected {expected_sum}, got sha256 {sha}"
                     continue
