@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,3 +109,21 @@ def reachable_by_hand(root: Path) -> set[str]:
         else:
             todo += [doc["config"]] + doc["layers"]
     return seen
+
+
+def walk_tree(root: Path) -> dict:
+    """path -> (type, mode, size, sha256 or link target) of an unpacked tree, as the model's tree() gives it."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = "/" + str(p.relative_to(root))
+            st = p.lstat()
+            mode = st.st_mode & 0o7777
+            if p.is_symlink():
+                out[rel] = ("l", 0o777, 0, os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("d", mode, 0, "")
+            else:
+                out[rel] = ("f", mode, st.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out

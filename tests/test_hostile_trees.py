@@ -3,7 +3,6 @@ into files, links that climb out through other links, the root entry,
 duplicate spellings of one path; and a property test that whatever tree a
 package holds, it is refused naming the package and a path, or the layer an
 independent unpacker (umoci) makes of it is exactly the filesystem model."""
-import hashlib
 import io
 import os
 import shutil
@@ -20,7 +19,8 @@ from builder.install.fsmodel import FileSystem, Node, normalise
 from builder.install.scan import install, scan_package
 from builder.layers.build import tree
 from builder.layers.writer import IdMap, write_layer
-from builder.oci.layout import CONFIG_MT, MANIFEST_MT, Descriptor, Layout
+from builder.oci.layout import CONFIG_MT, MANIFEST_MT, Layout
+from tests.buildutil import walk_tree
 from tests.test_install import EPOCH, entry, make_pkg
 
 EVIL = "FreeBSD-evil"
@@ -257,22 +257,6 @@ def _named_paths(spec) -> set[str]:
     return out
 
 
-def _walk(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = "/" + str(p.relative_to(root))
-            st_ = p.lstat()
-            if p.is_symlink():
-                out[rel] = ("l", 0o777, 0, os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("d", st_.st_mode & 0o7777, 0, "")
-            else:
-                out[rel] = ("f", st_.st_mode & 0o7777, st_.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
-
-
 def _stays_inside(root: Path, rel: str) -> None:
     """Follow rel on the unpacked copy as a host tool would (absolute targets rooted at root), never leaving it."""
     pending = [c for c in rel.split("/")][::-1]
@@ -345,7 +329,7 @@ def test_any_tree_is_refused_or_unpacked_exactly_as_modelled(umoci, spec):
         rootfs, names = _unpack(umoci, work, pkg, fs)
         # no root entry, no empty or non-canonical name in the layer
         assert all(n and normalise(n, "layer") == "/" + n for n in names), names
-        got = _walk(rootfs)
+        got = walk_tree(rootfs)
         want = {p: (k, m if k != "l" else 0o777, s, h) for p, k, m, s, h in tree(fs)}
         assert got == want
         for p, n in fs.nodes.items():

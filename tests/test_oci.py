@@ -4,7 +4,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from builder.runs.images import build_release
 from builder.oci.archive import archive_name, write_archives
 from builder.oci.layout import Layout
 from builder.oci.registry import Registry, publish, targets_in_layout
-from tests.buildutil import context, demo_project, reachable_by_hand, run
+from tests.buildutil import context, demo_project, reachable_by_hand, run, walk_tree
 from tests.conftest import ROOT
 from tests.registry import AuthProxy, RegistryServer
 from tests.tools import have, require
@@ -87,23 +86,6 @@ def test_oci_image_tool_validates_every_ref(family):
         assert r.returncode == 0 and "Validation succeeded" in r.stdout, (ref, r.stdout, r.stderr)
 
 
-def _walk(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = "/" + str(p.relative_to(root))
-            st = p.lstat()
-            mode = st.st_mode & 0o7777
-            if p.is_symlink():
-                out[rel] = ("l", 0o777, 0, os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("d", mode, 0, "")
-            else:
-                out[rel] = ("f", mode, st.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
-
-
 @needs_tools
 @pytest.mark.parametrize("flavour", ["static", "minimal", "small"])
 def test_umoci_unpack_matches_filesystem_model(family, tmp_path, flavour):
@@ -113,7 +95,7 @@ def test_umoci_unpack_matches_filesystem_model(family, tmp_path, flavour):
         cmd = ["umoci", "raw", "unpack"] + ([] if os.geteuid() == 0 else ["--rootless"])
         r = run(cmd + ["--image", f"{rb.layout}:freebsd{RELEASE}-{flavour}:{RELEASE}-{platform}", str(dest)])
         assert r.returncode == 0, r.stderr
-        got = _walk(dest)
+        got = walk_tree(dest)
         want = {p: (k, m if k != "l" else 0o777, s, h) for p, k, m, s, h in tree(rb.results[arch][flavour].fs)}
         assert set(got) == set(want)
         diffs = [(p, got[p], want[p]) for p in want if got[p] != want[p]]
