@@ -35,16 +35,17 @@ class Out:
     def __init__(self, verbosity: int):
         self.verbosity = verbosity
 
+    # One write per line: arches build in threads, and print() writes the newline separately.
     def log(self, msg: str) -> None:
         if self.verbosity >= 0:
-            print(msg, file=sys.stderr)
+            sys.stderr.write(msg + "\n")
 
     def detail(self, msg: str) -> None:
         if self.verbosity > 0:
-            print(msg, file=sys.stderr)
+            sys.stderr.write(msg + "\n")
 
     def warn(self, msg: str) -> None:
-        print(f"warning: {msg}", file=sys.stderr)
+        sys.stderr.write(f"warning: {msg}\n")
 
 
 def _out(args) -> Out:
