@@ -32,6 +32,14 @@ def demo_mirror(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_cache(tmp_path_factory):
+    # Module- and session-scoped fixtures build before the per-test cache below is set:
+    # they too must never read the user's cache (entries from other builder versions).
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("session-cache"))
+    os.environ.pop("FREEBSD_IMAGES_CACHE", None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     # No test may touch the user's cache or depend on one.

@@ -60,6 +60,11 @@ def test_a_package_bump_rebuilds_only_the_layers_that_hold_it(tmp_path):
     bumped, err = _build(tmp_path, mirror, "--update")
     assert _layers(err, "built") == {("amd64", "small"), ("aarch64", "small")}
     assert _layers(err, "reused from the layer cache") == ALL - _layers(err, "built")
+    # what the caches gave is what a build from nothing gives
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    shutil.copytree(tmp_path / "locks", clean / "locks")
+    assert _build(clean, mirror)[0] == bumped
     for ref, digest in first.items():
         if "small" in ref:
             assert bumped.get(ref) != digest or ref not in bumped

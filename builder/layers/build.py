@@ -25,7 +25,7 @@ from builder.install.scan import ScannedPackage, install, read_member, scan_pack
 from builder.layers.writer import IdMap, LayerInfo, write_layer
 from builder.resolve.lock import ArchLock
 from builder.install.pkgdb import Registration, build_pkgdb, writer_version
-from builder.layers.cache import LayerCache, layer_key
+from builder.layers.cache import SCAN_ENTRY, LayerCache, ScanCache, layer_key
 from builder.install import certctl, closure, dbtools
 from builder.install.scripts import recognise
 
@@ -64,8 +64,8 @@ class FlavourResult:
 class _Contents:
     """Small file contents from packages or generated nodes, one package pass per request."""
 
-    def __init__(self, packages: Callable[[], dict[str, Path]]):
-        self.packages = packages
+    def __init__(self, package_path: Callable[[str], Path]):
+        self.package_path = package_path
 
     def read(self, fs: FileSystem, paths: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -78,7 +78,7 @@ class _Contents:
                 member = node.target if node.kind == "hardlink" else node.path
                 per_pkg.setdefault(node.source[4:], {})[member] = p
         for pkg, members in sorted(per_pkg.items()):
-            got = read_member(self.packages()[pkg], pkg, set(members))
+            got = read_member(self.package_path(pkg), pkg, set(members))
             for member, p in members.items():
                 out[p] = got[member]
         return out
@@ -157,15 +157,18 @@ def _reads(fl: ResolvedFlavour, names: list[str]) -> list[str]:
 
 
 def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
-               packages: Union[dict[str, Path], Callable[[], dict[str, Path]]],
+               packages: Union[dict[str, Path], Callable[[list[str]], dict[str, Path]]],
                opts: BuildOptions, sink: BlobSink, flavours: Optional[list[str]] = None,
                repo_names: Optional[dict[str, str]] = None,
-               warn: Callable[[str], None] = _warn, cache: Optional[LayerCache] = None) -> dict[str, FlavourResult]:
+               warn: Callable[[str], None] = _warn, cache: Optional[LayerCache] = None,
+               scans_cache: Optional[ScanCache] = None) -> dict[str, FlavourResult]:
     """Every flavour (or those named, with their ancestors) for one arch.
 
     ``release`` must be the release as declared (not re-rooted on a mirror):
     its URLs are written into the image. ``packages`` may be a function that
-    fetches them: with every layer in ``cache`` it is never called.
+    fetches the named packages: a package is fetched only when its bytes are
+    needed (a layer to write, a file to read), never for a layer in ``cache``
+    or for a scan in ``scans_cache``.
     """
     epoch = opts.epoch
     wanted = family.names
@@ -175,25 +178,36 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
     repo_names = repo_names or {r.key: r.name for r in release.repositories}
     fetched: dict[str, Path] = {}
 
-    def all_packages() -> dict[str, Path]:
-        if not fetched:
-            fetched.update(packages() if callable(packages) else packages)
-        return fetched
+    def fetch(names: list[str]) -> None:
+        names = [n for n in names if n not in fetched]
+        if names:
+            fetched.update(packages(sorted(names)) if callable(packages) else {n: packages[n] for n in names})
 
-    contents = _Contents(all_packages)
+    def package_path(name: str) -> Path:
+        if name not in lock.packages or (not callable(packages) and name not in packages):
+            raise BuildError(f"{release.name}/{arch}: package {name} is not in the lock file")
+        fetch([name])
+        return fetched[name]
+
+    contents = _Contents(package_path)
     scans: dict[str, ScannedPackage] = {}
 
     def scanned(name: str) -> ScannedPackage:
         if name not in scans:
-            if name not in all_packages():
-                raise BuildError(f"{release.name}/{arch}: package {name} is not in the lock file")
-            scans[name] = scan_package(all_packages()[name], name, arch, epoch)
+            locked = lock.packages.get(name)
+            key = layer_key(scan=name, sum=locked.sum, arch=arch, epoch=epoch, entry=SCAN_ENTRY) if locked else ""
+            got = scans_cache.get(key) if scans_cache and locked else None
+            if got is None:
+                got = scan_package(package_path(name), name, arch, epoch)
+                if scans_cache and locked:
+                    scans_cache.put(key, got)
+            scans[name] = got
         return scans[name]
 
     def providers() -> dict[str, list[str]]:
         # Only on failure: scanning the whole lock costs a pass over packages no flavour may need.
         out: dict[str, set[str]] = {}
-        for name in sorted(n for n in lock.packages if n in all_packages()):
+        for name in sorted(n for n in lock.packages if callable(packages) or n in packages):
             sp = scanned(name)
             for lib in sp.manifest.get("shlibs_provided") or ():
                 out.setdefault(lib, set()).add(name)
@@ -227,6 +241,9 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
     hits = {f: cache.get(keys[f]) for f in wanted} if cache else {}
     # A flavour's filesystem is needed when its layer is not cached, or when one built on it is not.
     need_fs = {link for f in wanted if not hits.get(f) for link in family.chain(f)}
+    # The packages of the layers to write, fetched together (in parallel) rather than one by one.
+    fetch(sorted({n for f in wanted if not hits.get(f) for n in lock.flavours[f]["packages"]
+                  if n in lock.packages}))
 
     for fname in wanted:
         fl = family.resolve(fname)
@@ -303,7 +320,6 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         added = sorted(set(names) - before)
         what = ", ".join(added) if added else "no packages"
         history_line = f"{fname}: {what}" + (" + " + ", ".join(t for t in sorted(actions)) if actions else "")
-        pkg_paths = {n: all_packages()[n] for n in scans}
         if opts.squash or prev is None:
             nodes, whiteouts = list(fs.nodes.values()), []
             base_layers, base_history = [], []
@@ -315,6 +331,8 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         if hit:
             info = hit["layer"]
         else:
+            # only the packages whose bytes go into this layer
+            pkg_paths = {n: package_path(n) for n in sorted({x.source[4:] for x in nodes if x.source.startswith("pkg:")})}
             info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression,
                                                opts.workers))
             if cache:

@@ -15,6 +15,7 @@ built again.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -26,6 +27,8 @@ from builder.common.atomic import atomic_write_bytes
 from builder.layers.writer import LayerInfo
 
 MAX_ENTRY = 1 << 20
+# Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
+SCAN_ENTRY = 2
 
 
 def _plain(value: Any) -> Any:
@@ -75,3 +78,50 @@ class LayerCache:
     def put(self, key: str, info: LayerInfo, **extra: Any) -> None:
         doc = {"key": key, "layer": dataclasses.asdict(info), **extra}
         atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode())
+
+
+def _node_doc(n) -> list:
+    return [n.path, n.kind, n.mode, n.uname, n.gname, n.mtime, n.size, n.sha256, n.target, n.owner, n.source,
+            dataclasses.asdict(n.elf) if n.elf is not None else None]
+
+
+class ScanCache:
+    """What scanning a package found (its nodes, manifest, config files), keyed by the package's locked sum.
+
+    The sum was verified when the package was fetched, and the scan is a pure function of the
+    package's bytes, its name, the arch and the epoch: a rebuild of one flavour then re-creates
+    its parents' filesystems without opening their packages. Entries are local files the builder
+    wrote; a damaged one is a miss.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str):
+        from builder.install.elf import ElfInfo
+        from builder.install.fsmodel import Node
+        from builder.install.scan import ScannedPackage
+        path = self._path(key)
+        try:
+            doc = json.loads(path.read_bytes())
+            if doc.get("key") != key:
+                return None
+            nodes = []
+            for n in doc["nodes"]:
+                elf = ElfInfo(**{**n[11], "needed": tuple(n[11]["needed"]), "rpath": tuple(n[11]["rpath"]),
+                                 "runpath": tuple(n[11]["runpath"])}) if n[11] else None
+                nodes.append(Node(*n[:11], elf=elf))
+            config = {p: base64.b64decode(v) for p, v in doc["config"].items()}
+            return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config)
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            return None
+
+    def put(self, key: str, scanned) -> None:
+        doc = {"key": key, "name": scanned.name, "path": str(scanned.path), "manifest": scanned.manifest,
+               "nodes": [_node_doc(n) for n in scanned.nodes],
+               "config": {p: base64.b64encode(v).decode() for p, v in sorted(scanned.config.items())}}
+        # key order kept: the manifest's order is the order pkg registers its files in local.sqlite
+        atomic_write_bytes(self._path(key), json.dumps(doc).encode())

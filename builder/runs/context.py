@@ -55,8 +55,8 @@ class Context:
         return ensure_lock(self.transport, self.release, self.project.family, self.arches, self.lock_path,
                            update, warn, allow_downgrade, check)
 
-    def fetch_locked(self, lock: Lock, arch: str) -> dict[str, Path]:
-        return fetch_locked(self.transport, self.cache, self.release, lock, arch)
+    def fetch_locked(self, lock: Lock, arch: str, names: Optional[list[str]] = None) -> dict[str, Path]:
+        return fetch_locked(self.transport, self.cache, self.release, lock, arch, names)
 
 
 def epoch_override() -> Optional[int]:

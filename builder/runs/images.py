@@ -15,7 +15,7 @@ from typing import Optional
 from builder.layers.build import BuildOptions, FlavourResult, build_arch
 from builder.runs.context import Context, epoch_override
 from builder.errors import BuildError
-from builder.layers.cache import LayerCache
+from builder.layers.cache import LayerCache, ScanCache
 from builder.layers.writer import LayerInfo
 from builder.resolve.lock import Lock, check_lock, fetch_catalogues
 from builder.oci import image as oci
@@ -115,15 +115,19 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
         if arch not in lock.arches:
             raise BuildError(f"{ctx.release.name}: arch {arch} is not in the lock file {ctx.lock_path}")
 
-        def packages():
+        checked = []
+
+        def packages(names: list[str]) -> dict:
             # the catalogues are read only now, when something has to be downloaded
-            check_lock(lock, fetch_catalogues(ctx.transport, ctx.release, [arch]))
-            paths = ctx.fetch_locked(lock, arch)
-            log(f"{ctx.release.name}/{arch}: {len(paths)} packages ready, building")
+            if not checked:
+                check_lock(lock, fetch_catalogues(ctx.transport, ctx.release, [arch]))
+                checked.append(arch)
+            paths = ctx.fetch_locked(lock, arch, names)
+            log(f"{ctx.release.name}/{arch}: {len(paths)} packages ready")
             return paths
 
         res = build_arch(family, declared, arch, lock.arches[arch], packages, opts, sink, flavours, warn=warn,
-                         cache=cache)
+                         cache=cache, scans_cache=ScanCache(ctx.cache.root / "scans") if use_cache else None)
         for fname, r in res.items():
             log(f"{ctx.release.name}/{arch}: {fname} layer {r.layers[-1].digest[:19]} "
                 f"{'reused from the layer cache' if r.reused else 'built'}")
