@@ -56,6 +56,8 @@ class FlavourResult:
     description: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     closure: Optional[closure.Closure] = None   # the image's shared-library closure
+    # each registered package's +MANIFEST without its file lists: what an SBOM says of it
+    manifests: dict[str, dict] = field(default_factory=dict)
 
 
 class _Contents:
@@ -271,8 +273,16 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,
             config=fl.config, description=fl.description,
-            versions={n: lock.packages[n].version for n in names}, closure=links)
+            versions={n: lock.packages[n].version for n in names}, closure=links,
+            manifests={n: _describe(scanned(n).manifest) for n in sorted(names)})
     return results
+
+
+DESCRIBING = ("name", "origin", "version", "comment", "www", "maintainer", "licenses", "licenselogic", "deps")
+
+
+def _describe(manifest: dict) -> dict:
+    return {k: manifest[k] for k in DESCRIBING if k in manifest}
 
 
 def _ids(fs: FileSystem, contents: _Contents) -> IdMap:
