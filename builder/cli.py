@@ -7,10 +7,12 @@ one line, the traceback with --debug), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -232,6 +234,7 @@ def _build_args(p) -> None:
     p.add_argument("--zstd", action="store_true", help="zstd-compressed layers instead of gzip")
     p.add_argument("--squash", action="store_true", help="one layer per image instead of one per flavour")
     p.add_argument("--archives", action="store_true", help="also write release archives and CHECKSUM files")
+    _sign_key(p, "with --archives, sign CHECKSUM.SHA256/SHA512 (detached, armoured: CHECKSUM.*.asc)")
     p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
     _allow_downgrade(p)
     p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
@@ -243,6 +246,12 @@ def _build_args(p) -> None:
                    help="SOURCE_DATE_EPOCH for this build instead of the lock's (changes every digest)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_release_options(p, release_positional=False)
+
+
+def _sign_key(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--sign-key", default=os.environ.get("FREEBSD_IMAGES_SIGN_KEY") or None, metavar="KEY",
+                   help=f"{what}: an OpenPGP secret key file, or a key id or fingerprint in $GNUPGHOME "
+                        "(default $FREEBSD_IMAGES_SIGN_KEY; a passphrase comes from $FREEBSD_IMAGES_SIGN_PASSPHRASE)")
 
 
 def _selected(args) -> dict[str, list[str]]:
@@ -266,7 +275,12 @@ def cmd_build(args) -> int:
                            log=out.log, warn=out.warn, epoch=args.epoch, workers=args.workers,
                            use_cache=not args.no_layer_cache)
         if args.archives:
-            for path in write_archives(rb, ctx.project.release(rel), args.out / rel / "release"):
+            written = write_archives(rb, ctx.project.release(rel), args.out / rel / "release")
+            if getattr(args, "sign_key", None):
+                from builder.oci.sign import Signer, sign_files
+                with Signer.open(args.sign_key) as signer:
+                    written += sign_files(signer, [w for w in written if w.name.startswith("CHECKSUM.")])
+            for path in written:
                 out.log(f"wrote {path}")
         for img in rb.images:
             rows.append([f"{img.name}:{img.tags[0]}", img.platform, str(len(img.layers)), human_size(img.size),
@@ -305,6 +319,23 @@ def _publish_args(p) -> None:
                    help="environment variable holding the password or token")
     p.add_argument("--chunk-size", type=int, default=8 << 20, help="PATCH chunk size for large blobs")
     p.add_argument("--json", action="store_true", help="print push statistics as JSON")
+    _sign_key(p, "sign every pushed index and platform manifest (simple signing) and the provenance (DSSE)")
+    p.add_argument("--lookaside", type=Path, default=os.environ.get("FREEBSD_IMAGES_LOOKASIDE") or None,
+                   help="directory to write signatures into, laid out as skopeo/podman read a lookaside "
+                        "(registries.d) (default $FREEBSD_IMAGES_LOOKASIDE; needed with --sign-key)")
+
+
+@contextlib.contextmanager
+def _signing(args):
+    """The signing plan of --sign-key/--lookaside, or None; the temporary keyrings go on exit."""
+    if not getattr(args, "sign_key", None):
+        yield None
+        return
+    from builder.oci.sign import Signer, SigningPlan, Verifier
+    if not args.lookaside:
+        raise BuildError("--sign-key needs --lookaside (or $FREEBSD_IMAGES_LOOKASIDE): where the signatures go")
+    with Signer.open(args.sign_key) as signer, Verifier.of_signer(signer) as verifier:
+        yield SigningPlan(signer, verifier, Path(args.lookaside))
 
 
 @command("publish", "push a layout's images (blobs, manifests, multi-arch indexes, tags) to a registry", _publish_args)
@@ -320,14 +351,17 @@ def cmd_publish(args) -> int:
     targets = targets_in_layout(layout, args.image)
     if not targets:
         raise BuildError(f"{args.layout}: no image to publish" + (f" named {', '.join(args.image)}" if args.image else ""))
-    stats = publish(layout, reg, ns, targets, args.dry_run, log=_out(args).log)
+    with _signing(args) as signing:
+        stats = publish(layout, reg, ns, targets, args.dry_run, log=_out(args).log, signing=signing)
     summary = {"images": len(targets), **stats.to_json(), "dry_run": args.dry_run}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{host}/{ns}: {len(targets)} images; blobs uploaded {stats.uploaded} ({stats.uploaded_bytes} bytes), "
               f"mounted {stats.mounted}, already there {stats.skipped}; manifests pushed {stats.manifests}, "
-              f"unchanged {stats.manifests_skipped}" + (" (dry run)" if args.dry_run else ""))
+              f"unchanged {stats.manifests_skipped}; referrers pushed {stats.referrers}, unchanged "
+              f"{stats.referrers_unchanged}; signatures written {stats.signatures}"
+              + (" (dry run)" if args.dry_run else ""))
     return 0
 
 
@@ -382,6 +416,32 @@ def cmd_verify(args) -> int:
     return status
 
 
+def _verify_image_args(p) -> None:
+    p.add_argument("ref", help="DIR:NAME:TAG (an OCI layout) or docker://HOST/REPO:TAG (or @sha256:...)")
+    p.add_argument("--key", type=Path, help="public key file: the signatures (and signed provenance) must verify with it")
+    p.add_argument("--lookaside", type=Path, default=os.environ.get("FREEBSD_IMAGES_LOOKASIDE") or None,
+                   help="the signatures' lookaside directory (default $FREEBSD_IMAGES_LOOKASIDE)")
+    p.add_argument("--lock", type=Path, help="the repository's lock file: the provenance and SBOM must match it")
+    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
+                   help="plain HTTP for docker:// refs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("verify-image", "check an image's signature, SBOM (against its own local.sqlite) and provenance (against "
+                         "the lock); exit 1 naming each mismatch", _verify_image_args)
+def cmd_verify_image(args) -> int:
+    from builder.prove.verify_image import verify_image
+    findings = verify_image(args.ref, args.key, args.lock, args.lookaside, args.insecure)
+    failed = [f for f in findings if not f.ok]
+    if args.json:
+        print(json.dumps({"ok": not failed, "findings": [f.__dict__ for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            print(f.human())
+        print(f"{args.ref}: " + (f"{len(failed)} mismatches" if failed else "verified"))
+    return 1 if failed else 0
+
+
 # --- release-level runs -------------------------------------------------------------------
 
 def _nightly_args(p) -> None:
@@ -394,6 +454,9 @@ def _nightly_args(p) -> None:
     p.add_argument("--state-dir", type=Path, default=None, help="where the last published locks live (default OUT/state)")
     p.add_argument("--report-dir", type=Path, default=None, help="report.md and report.json (default OUT/report)")
     p.add_argument("--no-verify", action="store_true", help="skip the second, perturbed build")
+    _sign_key(p, "sign what is published (images, provenance)")
+    p.add_argument("--lookaside", type=Path, default=os.environ.get("FREEBSD_IMAGES_LOOKASIDE") or None,
+                   help="where signatures go (default $FREEBSD_IMAGES_LOOKASIDE, else OUT/lookaside)")
     _allow_downgrade(p)
     add_release_options(p, release_positional=False)
     p.set_defaults(keys=Path(os.environ["FREEBSD_IMAGES_KEYS"]) if os.environ.get("FREEBSD_IMAGES_KEYS") else None)
@@ -409,7 +472,10 @@ def cmd_nightly(args) -> int:
                           state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
                           verify=not args.no_verify, auth=credentials(os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")),
                           allow_downgrade=args.allow_downgrade)
-    report = run([_context(args, r) for r in releases], opts, _out(args).log)
+    if args.sign_key and not args.lookaside:
+        args.lookaside = args.out / "lookaside"
+    with _signing(args) as signing:
+        report = run([_context(args, r) for r in releases], replace(opts, signing=signing), _out(args).log)
     for r in report["releases"]:
         acts: dict[str, int] = {}
         for img in r["images"]:

@@ -42,7 +42,9 @@ def build_refs(mirror: Path, work: Path, compression: str, prefix: list[str] | N
         raise RuntimeError(f"build failed ({' '.join(argv)}):\n{r.stderr[-4000:]}")
     (work / f"stderr-{compression}{tag}").write_text(r.stderr)
     index = json.loads((out / RELEASE / "index.json").read_text())
-    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    # named refs only: referrers (SBOM, provenance) are unnamed entries and are checked in tests/test_trust.py
+    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]
+            if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
 
 
 def build_all(mirror: Path, work: Path, **kw) -> dict[str, dict[str, str]]:

@@ -165,7 +165,8 @@ def test_make_and_the_cli_build_the_same_bytes_from_one_lock(tmp_path):
 
     def refs(out: Path) -> dict:
         idx = json.loads((out / "14.2" / "index.json").read_text())
-        return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in idx["manifests"]}
+        return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in idx["manifests"]
+                if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
 
     assert refs(tmp_path / "make-out") == refs(tmp_path / "cli-out")
 

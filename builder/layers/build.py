@@ -59,6 +59,8 @@ class FlavourResult:
     versions: dict[str, str] = field(default_factory=dict)
     closure: Optional[closure.Closure] = None   # the image's shared-library closure
     reused: bool = False                  # its top layer came from the layer cache
+    # each registered package's +MANIFEST without its file lists: what an SBOM says of it
+    manifests: dict[str, dict] = field(default_factory=dict)
 
 
 class _Contents:
@@ -262,7 +264,8 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
                 flavour=fname, parent=parent, arch=arch, fs=None, layers=base_layers + [hit["layer"]],
                 history=base_history + [hit["history"]], installed=hit["installed"], added=hit["added"],
                 version=version, config=fl.config, description=fl.description,
-                versions={n: lock.packages[n].version for n in hit["installed"]}, closure=links, reused=True)
+                versions={n: lock.packages[n].version for n in hit["installed"]}, closure=links, reused=True,
+                manifests=hit.get("manifests") or {})
             continue
         fs = prev.fs.copy() if prev else FileSystem()
         names = list(entry["packages"])
@@ -328,6 +331,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         else:
             nodes, whiteouts = delta(prev.fs, fs)
             base_layers, base_history = list(prev.layers), list(prev.history)
+        described = {n: _describe(scanned(n).manifest) for n in sorted(names)}
         if hit:
             info = hit["layer"]
         else:
@@ -337,13 +341,21 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
                                                opts.workers))
             if cache:
                 cache.put(keys[fname], info, history=history_line, installed=sorted(names), added=added,
-                          closure=links.to_json())
+                          closure=links.to_json(), manifests=described)
         results[fname] = FlavourResult(
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,
             config=fl.config, description=fl.description,
-            versions={n: lock.packages[n].version for n in names}, closure=links, reused=bool(hit))
+            versions={n: lock.packages[n].version for n in names}, closure=links, reused=bool(hit),
+            manifests=described)
     return results
+
+
+DESCRIBING = ("name", "origin", "version", "comment", "www", "maintainer", "licenses", "licenselogic", "deps")
+
+
+def _describe(manifest: dict) -> dict:
+    return {k: manifest[k] for k in DESCRIBING if k in manifest}
 
 
 def _ids(fs: FileSystem, contents: _Contents) -> IdMap:

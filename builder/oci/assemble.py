@@ -15,6 +15,7 @@ def assemble(dest: Path, sources: list[Path]) -> dict[str, Descriptor]:
     out = Layout(dest).init()
     merged: dict[str, tuple[tuple, list[Descriptor]]] = {}      # ref -> (annotations, manifests)
     plain: dict[str, Descriptor] = {}
+    referrers: dict[str, list[Descriptor]] = {}     # SBOMs and provenance follow their images
     for src in sorted(sources, key=str):
         lay = Layout(src)
         if not (Path(src) / "index.json").exists():
@@ -30,8 +31,11 @@ def assemble(dest: Path, sources: list[Path]) -> dict[str, Descriptor]:
                 mans.extend(Descriptor.from_json(m) for m in idx["manifests"])
             else:
                 plain[ref] = desc
+        for subject, descs in lay.referrers().items():
+            have = referrers.setdefault(subject, [])
+            have += [d for d in descs if d.digest not in {h.digest for h in have}]
     refs = dict(plain)
     for ref, (ann, mans) in merged.items():
         refs[ref] = out.put_json(index(merge_platforms(mans), ann), INDEX_MT)
-    out.set_refs(refs)
+    out.set_refs(refs, referrers=referrers)
     return refs

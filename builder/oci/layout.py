@@ -22,6 +22,8 @@ INDEX_MT = "application/vnd.oci.image.index.v1+json"
 MANIFEST_MT = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MT = "application/vnd.oci.image.config.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
+EMPTY_MT = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"      # the image-spec's empty descriptor content: config of artifact manifests
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
 
 
@@ -37,9 +39,12 @@ class Descriptor:
     size: int
     annotations: tuple[tuple[str, str], ...] = ()
     platform: Optional[tuple[tuple[str, str], ...]] = None
+    artifact_type: Optional[str] = None     # set on descriptors of artifact manifests (referrers)
 
     def to_json(self) -> dict:
         d: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            d["artifactType"] = self.artifact_type
         if self.platform:
             d["platform"] = dict(self.platform)
         if self.annotations:
@@ -50,7 +55,8 @@ class Descriptor:
     def from_json(cls, d: dict) -> "Descriptor":
         return cls(d["mediaType"], d["digest"], int(d["size"]),
                    tuple(sorted((d.get("annotations") or {}).items())),
-                   tuple(sorted(d["platform"].items())) if d.get("platform") else None)
+                   tuple(sorted(d["platform"].items())) if d.get("platform") else None,
+                   d.get("artifactType"))
 
 
 class Layout:
@@ -64,6 +70,10 @@ class Layout:
         if not (self.root / "oci-layout").exists():
             atomic_write_bytes(self.root / "oci-layout", LAYOUT_FILE)
         return self
+
+    @staticmethod
+    def digest_of(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
 
     def blob_path(self, digest: str) -> Path:
         algo, _, hexd = digest.partition(":")
@@ -146,8 +156,15 @@ class Layout:
                 out[name] = Descriptor.from_json(d)
         return out
 
-    def set_refs(self, refs: dict[str, Descriptor], keep_others: bool = True) -> bool:
-        """Point refs at descriptors (replacing same-named ones); returns True if index.json changed."""
+    def set_refs(self, refs: dict[str, Descriptor], keep_others: bool = True,
+                 referrers: Optional[dict[str, list[Descriptor]]] = None) -> bool:
+        """Point refs at descriptors (replacing same-named ones); returns True if index.json changed.
+
+        ``referrers`` (subject digest -> artifact manifests) replace every referrer already listed
+        for those subjects. Referrers are entries without a ref name, so ``refs()`` and tools that
+        open NAME:TAG never see them, yet ``gc`` keeps them; those whose subject no ref reaches
+        any more are dropped.
+        """
         current = self.index()
         entries = [d for d in current.get("manifests", [])
                    if keep_others and (d.get("annotations") or {}).get(REF_NAME) not in refs]
@@ -155,8 +172,23 @@ class Layout:
             ann = dict(desc.annotations)
             ann[REF_NAME] = name
             entries.append(Descriptor(desc.media_type, desc.digest, desc.size, tuple(sorted(ann.items())),
-                                      desc.platform).to_json())
-        entries.sort(key=lambda d: (d.get("annotations") or {}).get(REF_NAME, ""))
+                                      desc.platform, desc.artifact_type).to_json())
+        if referrers is not None:
+            entries = [d for d in entries if self._subject_of(d) not in referrers]
+            seen = {d["digest"] for d in entries}
+            for descs in referrers.values():
+                for desc in descs:
+                    if desc.digest not in seen:
+                        seen.add(desc.digest)
+                        entries.append(desc.to_json())
+            live = self._walk(entries)[1]
+            entries = [d for d in entries if self._subject_of(d) in (None, *live)]
+        return self._write_index(entries)
+
+    def _write_index(self, entries: list[dict]) -> bool:
+        # named refs first in name order (as before referrers existed), then referrers by digest
+        entries = sorted(entries, key=lambda d: (0, (d.get("annotations") or {})[REF_NAME], "")
+                         if REF_NAME in (d.get("annotations") or {}) else (1, "", d["digest"]))
         doc = {"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": entries}
         data = json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n"
         path = self.root / "index.json"
@@ -165,35 +197,83 @@ class Layout:
         atomic_write_bytes(path, data)
         return True
 
-    def reachable(self) -> set[str]:
+    def _subject_of(self, entry: dict) -> Optional[str]:
+        """The subject digest of an unnamed index.json entry that is a referrer, else None."""
+        if REF_NAME in (entry.get("annotations") or {}) or entry.get("mediaType") != MANIFEST_MT:
+            return None
+        if not self.has_blob(entry["digest"]):
+            return None
+        try:
+            doc = self.read_json(entry["digest"])
+        except (ValueError, BuildError):
+            return None
+        subject = doc.get("subject") if isinstance(doc, dict) else None
+        return subject.get("digest") if isinstance(subject, dict) else None
+
+    def referrers(self) -> dict[str, list[Descriptor]]:
+        """Subject digest -> the artifact manifests (SBOM, provenance ...) listed for it in index.json."""
+        out: dict[str, list[Descriptor]] = {}
+        for d in self.index().get("manifests", []):
+            subject = self._subject_of(d)
+            if subject:
+                out.setdefault(subject, []).append(Descriptor.from_json(d))
+        return out
+
+    def _walk(self, entries: list[dict]) -> tuple[set[str], set[str]]:
+        """(every digest reached, the digests of referrers' live subjects) from index.json entries.
+
+        Named entries and unnamed non-referrers are roots; a referrer counts only while its
+        subject is reached, so an image's SBOM goes when the image does.
+        """
         seen: set[str] = set()
-        stack = [d["digest"] for d in self.index().get("manifests", [])]
-        while stack:
-            dg = stack.pop()
-            if dg in seen:
-                continue
-            seen.add(dg)
-            if not self.has_blob(dg):
-                continue
-            with open(self.blob_path(dg), "rb") as fh:
-                head = fh.read(1)
-            if head != b"{":
-                continue
-            try:
-                doc = self.read_json(dg)
-            except (ValueError, BuildError):
-                continue
-            mt = doc.get("mediaType")
-            if mt == INDEX_MT or "manifests" in doc:
-                stack += [m["digest"] for m in doc.get("manifests", [])]
-            elif mt == MANIFEST_MT or "layers" in doc:
-                stack.append(doc["config"]["digest"])
-                stack += [l["digest"] for l in doc.get("layers", [])]
-        return seen
+        pending = {d["digest"]: s for d in entries if (s := self._subject_of(d))}
+        stack = [d["digest"] for d in entries if d["digest"] not in pending]
+        while True:
+            while stack:
+                dg = stack.pop()
+                if dg in seen:
+                    continue
+                seen.add(dg)
+                stack += self._children(dg)
+            ready = [dg for dg, subject in pending.items() if subject in seen]
+            if not ready:
+                break
+            for dg in ready:
+                del pending[dg]
+                stack.append(dg)
+        live = {s for d in entries if (s := self._subject_of(d)) and s in seen}
+        return seen, live
+
+    def _children(self, dg: str) -> list[str]:
+        if not self.has_blob(dg):
+            return []
+        with open(self.blob_path(dg), "rb") as fh:
+            head = fh.read(1)
+        if head != b"{":
+            return []
+        try:
+            doc = self.read_json(dg)
+        except (ValueError, BuildError):
+            return []
+        mt = doc.get("mediaType")
+        if mt == INDEX_MT or "manifests" in doc:
+            return [m["digest"] for m in doc.get("manifests", [])]
+        if mt == MANIFEST_MT or "layers" in doc:
+            return [doc["config"]["digest"]] + [l["digest"] for l in doc.get("layers", [])]
+        return []
+
+    def reachable(self) -> set[str]:
+        return self._walk(self.index().get("manifests", []))[0]
 
     def gc(self, dry_run: bool = False) -> list[str]:
-        """Remove blobs no ref reaches (and leftovers of interrupted writes)."""
-        keep = {d.split(":", 1)[1] for d in self.reachable()}
+        """Remove blobs no ref reaches (and leftovers of interrupted writes), and referrers of gone images."""
+        entries = self.index().get("manifests", [])
+        reached, live = self._walk(entries)
+        kept = [d for d in entries if self._subject_of(d) in (None, *live)]
+        keep = {d.split(":", 1)[1] for d in reached}
+        if not dry_run and len(kept) != len(entries):
+            # index.json first: it must never name a blob that is gone
+            self._write_index(kept)
         gone = []
         for p in sorted(self.blobs.iterdir()) if self.blobs.exists() else []:
             if p.name not in keep:

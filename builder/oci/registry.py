@@ -9,7 +9,9 @@ family's shared lower layers) are cross-mounted instead of uploaded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -23,7 +25,10 @@ if TYPE_CHECKING:
 
 from builder.common.http import Http, RetryPolicy
 from builder.errors import BuildError
-from builder.oci.layout import INDEX_MT, MANIFEST_MT, Layout
+from builder.oci import attest
+from builder.oci.layout import EMPTY_BLOB, INDEX_MT, MANIFEST_MT, Descriptor, Layout, canonical
+from builder.oci.sign import (DSSE_MT, DSSE_SCHEME, DSSE_SCHEME_VALUE, DSSE_SIGNED_BY, DSSE_STATEMENT,
+                              SigningPlan, dsse_envelope, sign_manifest)
 
 ACCEPT = f"{INDEX_MT}, {MANIFEST_MT}"
 CHUNK = 8 << 20
@@ -39,6 +44,11 @@ class PushStats:
     manifests: int = 0
     manifests_skipped: int = 0
     requests: int = 0
+    referrers: int = 0            # artifact manifests (SBOM, provenance) pushed
+    referrers_unchanged: int = 0  # ... already there
+    referrer_blobs: int = 0       # their documents and the empty config, uploaded
+    referrer_tags: int = 0        # sha256-<hex> referrers indexes written (registries without the API)
+    signatures: int = 0           # simple-signing signatures written to the lookaside
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -226,6 +236,41 @@ class Registry:
                      data=data, headers={"Content-Type": media_type})
         self.stats.manifests += 1
 
+    # --- reading, and referrers ----------------------------------------------------------------
+
+    def get_manifest(self, repo: str, ref: str) -> Optional[bytes]:
+        r = self.request("GET", f"/v2/{repo}/manifests/{ref}", f"repository:{repo}:pull", ok=(200, 404),
+                         headers={"Accept": ACCEPT})
+        return r.content if r.status_code == 200 else None
+
+    def referrers_api(self, repo: str, digest: str) -> Optional[list[dict]]:
+        """The registry's referrers list for digest (distribution-spec 1.1), or None if it has no such API."""
+        r = self.request("GET", f"/v2/{repo}/referrers/{digest}", f"repository:{repo}:pull",
+                         ok=(200, 400, 404, 405, 406), headers={"Accept": INDEX_MT})
+        if r.status_code != 200 or not r.headers.get("Content-Type", "").startswith(INDEX_MT):
+            return None
+        try:
+            return list(r.json().get("manifests") or [])
+        except ValueError:
+            return None
+
+    @contextlib.contextmanager
+    def open_blob(self, repo: str, digest: str):
+        """A blob as a stream (layers are not held in memory); its digest is checked by the reader."""
+        scope = f"repository:{repo}:pull"
+        self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope)     # logs in if the registry wants it
+        self.stats.requests += 1
+        r = self.http.send("GET", f"{self.base}/v2/{repo}/blobs/{digest}", f"registry {self.host}: GET blob {digest}",
+                           headers=self._authorization(scope), stream=True)
+        if r.status_code != 200:
+            r.close()
+            raise BuildError(f"registry {self.host}: GET /v2/{repo}/blobs/{digest}: HTTP {r.status_code}")
+        try:
+            r.raw.decode_content = True
+            yield r.raw
+        finally:
+            r.close()
+
 
 @dataclass(frozen=True)
 class PushTarget:
@@ -247,10 +292,108 @@ def targets_in_layout(layout: Layout, names: Optional[list[str]] = None) -> list
     return [PushTarget(n, tuple(tags), d) for (n, d), tags in sorted(by.items())]
 
 
-def publish(layout: Layout, registry: Registry, namespace: str, targets: list[PushTarget],
-            dry_run: bool = False, log=lambda m: None) -> PushStats:
-    """Push each target's blobs, manifests and index; parents' layers are mounted into children."""
+def referrers_tag(digest: str) -> str:
+    """The referrers tag schema's tag for a subject: sha256:HEX -> sha256-HEX."""
+    return digest.replace(":", "-", 1)
+
+
+def remote_referrers(registry: Registry, repo: str, digest: str) -> tuple[list[dict], bool]:
+    """(descriptors of digest's referrers, whether they came from the referrers API) in repo."""
+    api = registry.referrers_api(repo, digest)
+    if api is not None:
+        return api, True
+    raw = registry.get_manifest(repo, referrers_tag(digest))
+    if raw is None:
+        return [], False
+    try:
+        return list(json.loads(raw).get("manifests") or []), False
+    except ValueError as exc:
+        raise BuildError(f"registry {registry.host}: {repo}:{referrers_tag(digest)} is not a referrers index") from exc
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact manifest to push: its bytes, descriptor and the blobs it names (digest -> size, opener)."""
+    manifest: bytes
+    descriptor: Descriptor
+    blobs: dict
+
+
+def layout_artifact(layout: Layout, desc: Descriptor) -> Artifact:
+    man = layout.read_json(desc.digest)
+    blobs = {b["digest"]: (b["size"], lambda d=b["digest"]: layout.open_blob(d)) for b in [man["config"]] + man["layers"]}
+    return Artifact(layout.read_blob(desc.digest), desc, blobs)
+
+
+def memory_artifact(subject: Descriptor, artifact_type: str, media_type: str, data: bytes,
+                    annotations: dict[str, str]) -> Artifact:
+    digest = Layout.digest_of(data)
+    man = attest.artifact_manifest(subject, artifact_type, Descriptor(media_type, digest, len(data)), annotations)
+    raw = canonical(man)
+    return Artifact(raw, attest.referrer_descriptor(raw, man),
+                    {digest: (len(data), lambda: io.BytesIO(data)),
+                     Layout.digest_of(EMPTY_BLOB): (len(EMPTY_BLOB), lambda: io.BytesIO(EMPTY_BLOB))})
+
+
+def attach_referrers(registry: Registry, repo: str, subject: str, artifacts: list[Artifact],
+                     current: list[dict], api: bool) -> None:
+    """Push artifact manifests naming subject; without a referrers API, list them in the sha256-<hex> tag.
+
+    The tag's index is merged with what is there (other tools' referrers stay) and written only
+    when something was missing, so a second publish writes nothing.
+    """
     stats = registry.stats
+    side = PushStats()
+    registry.stats = side         # referrers are counted apart from the images' blobs and manifests
+    try:
+        for a in artifacts:
+            for d, (size, opener) in sorted(a.blobs.items()):
+                if not registry.blob_exists(repo, d):
+                    registry.upload(repo, d, size, opener)
+            registry.put_manifest(repo, a.descriptor.digest, a.manifest, MANIFEST_MT)
+        if not api:
+            listed = {m.get("digest") for m in current}
+            missing = [a.descriptor.to_json() for a in artifacts if a.descriptor.digest not in listed]
+            if missing:
+                doc = {"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": list(current) + missing}
+                registry.put_manifest(repo, referrers_tag(subject), canonical(doc), INDEX_MT)
+                stats.referrer_tags += 1
+                side.manifests -= 1
+    finally:
+        registry.stats = stats
+        stats.requests += side.requests
+        stats.referrers += side.manifests
+        stats.referrers_unchanged += side.manifests_skipped
+        stats.referrer_blobs += side.uploaded
+
+
+def _signed_provenance(layout: Layout, subject: Descriptor, descs: list[Descriptor], current: list[dict],
+                       signing: SigningPlan) -> Optional[Artifact]:
+    """The provenance statement in a DSSE envelope signed with the key, unless one already is attached."""
+    man = attest.find_referrer(layout, descs, attest.INTOTO_MT, attest.INTOTO_MT)
+    if man is None:
+        return None
+    statement = man["layers"][0]["digest"]
+    for m in current:
+        ann = m.get("annotations") or {}
+        if ann.get(DSSE_STATEMENT) == statement and ann.get(DSSE_SIGNED_BY) == signing.signer.fingerprint:
+            return None
+    envelope = dsse_envelope(signing.signer, attest.INTOTO_MT, layout.read_blob(statement))
+    ann = {attest.CREATED: (man.get("annotations") or {}).get(attest.CREATED, ""), DSSE_STATEMENT: statement,
+           DSSE_SIGNED_BY: signing.signer.fingerprint, DSSE_SCHEME: DSSE_SCHEME_VALUE}
+    return memory_artifact(subject, attest.INTOTO_MT, DSSE_MT, canonical(envelope), ann)
+
+
+def publish(layout: Layout, registry: Registry, namespace: str, targets: list[PushTarget],
+            dry_run: bool = False, log=lambda m: None, signing: Optional[SigningPlan] = None) -> PushStats:
+    """Push each target's blobs, manifests and index; parents' layers are mounted into children.
+
+    Each platform manifest's referrers in the layout (SBOM, provenance) follow it; with
+    ``signing``, its provenance also goes up in a signed DSSE envelope, and the index and
+    every platform manifest are signed under each tag into the lookaside directory.
+    """
+    stats = registry.stats
+    attached = layout.referrers()
     where: dict[str, str] = {}          # blob digest -> a repository that has it (this run)
     ns = namespace.strip("/")
     for t in targets:
@@ -278,16 +421,42 @@ def publish(layout: Layout, registry: Registry, namespace: str, targets: list[Pu
                     registry.upload(repo, d, size, lambda d=d: layout.open_blob(d))
                     log(f"uploaded {d[:19]} ({size} bytes) to {repo}")
                 where.setdefault(d, repo)
-            if not dry_run:
-                registry.put_manifest(repo, m["digest"], man_bytes, MANIFEST_MT)
+            descs = attached.get(m["digest"], [])
+            if dry_run:
+                for r in descs:
+                    log(f"would attach {r.artifact_type} {r.digest} to {repo}@{m['digest']}")
+                continue
+            registry.put_manifest(repo, m["digest"], man_bytes, MANIFEST_MT)
+            if descs or signing:
+                current, api = remote_referrers(registry, repo, m["digest"])
+                arts = [layout_artifact(layout, r) for r in descs]
+                subject = Descriptor(m["mediaType"], m["digest"], m["size"])
+                signed = _signed_provenance(layout, subject, descs, current, signing) if signing else None
+                attach_referrers(registry, repo, m["digest"], arts + ([signed] if signed else []), current, api)
         if dry_run:
             log(f"would push {repo}:{','.join(t.tags)} -> {t.index_digest}")
+            if signing:
+                log(f"would sign {repo}:{','.join(t.tags)} into {signing.lookaside}")
             continue
         registry.put_manifest(repo, t.index_digest, index_bytes, INDEX_MT)
         for tag in t.tags:
             registry.put_manifest(repo, tag, index_bytes, INDEX_MT)
         log(f"pushed {repo}:{','.join(t.tags)} -> {t.index_digest}")
+        if signing:
+            sign_target(registry.host, repo, t, index, signing, stats)
     return stats
+
+
+def sign_target(host: str, repo: str, target: PushTarget, index: dict, signing: SigningPlan,
+                stats: Optional[PushStats] = None) -> list:
+    """Simple-signing signatures of the index and each platform manifest, one per tag, in the lookaside."""
+    written = []
+    for digest in [target.index_digest] + [m["digest"] for m in index["manifests"]]:
+        written += sign_manifest(signing.signer, signing.verifier, signing.lookaside, host, repo, digest,
+                                 list(target.tags))
+    if stats is not None:
+        stats.signatures += len(written)
+    return written
 
 
 def credentials(user: Optional[str], password_env: str = "FREEBSD_IMAGES_REGISTRY_PASSWORD"):

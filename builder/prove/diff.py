@@ -428,7 +428,63 @@ def diff_sources(a: Source, b: Source) -> list[Difference]:
                                      a.layout, b.layout, x.digest, y.digest)
         else:
             out.append(Difference(image, "ref", field="mediaType", a=x.media_type, b=y.media_type))
+    return out + _compare_referrers(a, b, ra, rb)
+
+
+def _same_manifests(a: Source, b: Source, ra: dict, rb: dict) -> list[tuple[str, str, str]]:
+    """(image, platform, digest) of the platform manifests both sides hold byte for byte."""
+    out = {}
+    for name in sorted(set(ra) & set(rb)):
+        x, y = ra[name], rb[name]
+        if x.media_type == INDEX_MT and y.media_type == INDEX_MT:
+            pa = {_platform(m): m["digest"] for m in a.layout.read_json(x.digest)["manifests"]}
+            pb = {_platform(m): m["digest"] for m in b.layout.read_json(y.digest)["manifests"]}
+            pairs = [(p, pa[p]) for p in sorted(set(pa) & set(pb)) if pa[p] == pb[p]]
+        else:
+            pairs = [(_platform({"platform": dict(x.platform or ())}), x.digest)] if x.digest == y.digest else []
+        for plat, d in pairs:
+            out.setdefault(d, (name or a.label, plat, d))
+    return sorted(out.values())
+
+
+def _compare_referrers(a: Source, b: Source, ra: dict, rb: dict) -> list[Difference]:
+    """SBOM and provenance of identical manifests must be identical too: they are built from the same inputs.
+
+    Referrers of manifests that differ necessarily differ (they name the digest), so those are
+    not compared; nor are sources of which one carries no referrers at all (a release archive).
+    """
+    refs_a, refs_b = a.layout.referrers(), b.layout.referrers()
+    if not refs_a or not refs_b:
+        return []
+    out: list[Difference] = []
+    for image, plat, digest in _same_manifests(a, b, ra, rb):
+        ka = {_referrer_kind(a.layout, d): d for d in refs_a.get(digest, [])}
+        kb = {_referrer_kind(b.layout, d): d for d in refs_b.get(digest, [])}
+        for kind in sorted(set(ka) | set(kb)):
+            where = f"referrer {kind} [{plat}]"
+            if kind not in kb:
+                out.append(Difference(image, where, field="only in A", a=ka[kind].digest))
+            elif kind not in ka:
+                out.append(Difference(image, where, field="only in B", b=kb[kind].digest))
+            elif ka[kind].digest != kb[kind].digest:
+                da, db = (_referrer_document(s.layout, d) for s, d in ((a, ka[kind]), (b, kb[kind])))
+                found = _json_diff(image, where, da, db) if isinstance(da, dict) and isinstance(db, dict) else []
+                out += found or [Difference(image, where, field="digest", a=ka[kind].digest, b=kb[kind].digest)]
     return out
+
+
+def _referrer_kind(layout: Layout, desc: Descriptor) -> str:
+    man = layout.read_json(desc.digest)
+    media = (man.get("layers") or [{}])[0].get("mediaType", "")
+    return desc.artifact_type if media == desc.artifact_type else f"{desc.artifact_type} ({media})"
+
+
+def _referrer_document(layout: Layout, desc: Descriptor):
+    man = layout.read_json(desc.digest)
+    try:
+        return json.loads(layout.read_blob(man["layers"][0]["digest"]))
+    except (ValueError, KeyError, IndexError, BuildError):
+        return None
 
 
 def diff(spec_a: str, spec_b: str, insecure: bool = False) -> list[Difference]:

@@ -5,10 +5,12 @@ config, manifests and indexes -> refs in the layout's index.json (last).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,8 +20,9 @@ from builder.errors import BuildError
 from builder.layers.cache import LayerCache, ScanCache
 from builder.layers.writer import LayerInfo
 from builder.resolve.lock import Lock, check_lock, fetch_catalogues
-from builder.oci import image as oci
-from builder.oci.layout import CONFIG_MT, INDEX_MT, MANIFEST_MT, Descriptor, Layout
+from builder.oci import attest, image as oci
+from builder.config.release import Release
+from builder.oci.layout import CONFIG_MT, INDEX_MT, MANIFEST_MT, Descriptor, Layout, canonical
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class BuiltImage:
     tags: tuple[str, ...]
     packages: tuple[tuple[str, str], ...]   # (name, version) installed
     closure: Optional[dict] = None          # shared-library closure counts (Closure.to_json)
+    referrers: tuple[Descriptor, ...] = ()  # SBOM and provenance attached to the manifest
 
     @property
     def size(self) -> int:
@@ -43,7 +47,8 @@ class BuiltImage:
     def to_json(self) -> dict:
         return {"image": self.name, "tags": list(self.tags), "arch": self.arch, "platform": self.platform,
                 "layers": len(self.layers), "size": self.size, "digest": self.manifest.digest,
-                "config": self.config.digest, "version": self.version, "closure": self.closure}
+                "config": self.config.digest, "version": self.version, "closure": self.closure,
+                "referrers": [{"artifactType": r.artifact_type, "digest": r.digest} for r in self.referrers]}
 
 
 @dataclass
@@ -166,6 +171,26 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             by_key[(fname, arch)] = img
             images.append(img)
 
+    inputs = _input_digests(ctx, declared, lock)
+    commit = project_commit(ctx.project.root)
+    attached: dict[str, list[Descriptor]] = {}
+    for n, img in enumerate(images):
+        res = results[img.arch][img.flavour]
+        subject = attest.ImageSubject(img.name, img.tags[0] if img.tags else img.version, img.version,
+                                      img.platform, img.manifest)
+        label_url = dict(res.config.labels).get(oci.ANN + "url") if res.config else None
+        doc = attest.sbom(subject, attest.package_records(res.manifests, lock.arches[img.arch], declared), epoch,
+                          label_url or attest.NAMESPACE_BASE)
+        params = {"release": ctx.release.name, "arch": img.arch, "flavour": img.flavour, "image": img.name,
+                  "compression": compression, "squash": squash}
+        statement = attest.provenance(subject, params, inputs + _catalogues(declared, lock, img.arch), epoch,
+                                      commit, build_env)
+        refs_of = [attest.attach(layout, img.manifest, attest.SPDX_MT, attest.SPDX_MT, canonical(doc), epoch),
+                   attest.attach(layout, img.manifest, attest.INTOTO_MT, attest.INTOTO_MT, canonical(statement),
+                                 epoch)]
+        attached[img.manifest.digest] = refs_of
+        images[n] = by_key[(img.flavour, img.arch)] = replace(img, referrers=tuple(refs_of))
+
     existing = layout.refs()
     refs: dict[str, Descriptor] = {}
     indexes: dict[str, Descriptor] = {}
@@ -186,9 +211,56 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
         for img in built:
             # one ref per platform manifest: what single-image tools (umoci, oci-image-tool) open
             refs[f"{meta.name}:{meta.tags[0]}-{img.platform}"] = img.manifest
-    layout.set_refs(refs)
+    layout.set_refs(refs, referrers=attached)
     return ReleaseBuild(ctx.release.name, layout.root, epoch, images, indexes, refs, results, layout.written,
                         epoch_source)
+
+
+def project_commit(root: Path) -> str:
+    """The git commit of the project checkout, or "unknown" outside one (or without git)."""
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                           text=True, timeout=30, env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")})
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = r.stdout.strip()
+    return commit if r.returncode == 0 and len(commit) in (40, 64) else "unknown"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _input_digests(ctx: Context, declared: Release, lock: Lock) -> list[dict]:
+    """families.yaml, the release file and the lock, by digest: what a build is a function of."""
+    root = Path(ctx.project.root)
+    release_file = Path(declared.source)
+    try:
+        release_name = str(release_file.resolve().relative_to(root.resolve()))
+    except ValueError:
+        release_name = release_file.name
+    return [
+        {"name": "families.yaml", "digest": {"sha256": _sha256_file(root / "families.yaml")}},
+        {"name": release_name, "digest": {"sha256": _sha256_file(release_file)}},
+        # the lock as it is written (write_lock), so that a lock file on disk compares by digest
+        {"name": f"{lock.release}.lock.json", "digest": {"sha256": hashlib.sha256(lock.dumps()).hexdigest()}},
+    ]
+
+
+def _catalogues(declared: Release, lock: Lock, arch: str) -> list[dict]:
+    al = lock.arches[arch]
+    repos = {r.key: r for r in declared.repositories}
+    out = []
+    for key, digest in sorted(al.catalogues.items()):
+        d = {"name": f"catalogue:{key}", "digest": {"sha256": digest.split(":", 1)[-1]}}
+        if key in repos:
+            d["uri"] = repos[key].url_for(al.abi)
+        out.append(d)
+    return out
 
 
 def human_size(n: int) -> str:

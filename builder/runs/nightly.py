@@ -19,7 +19,8 @@ from builder.runs.context import Context
 from builder.runs.images import build_release, human_size
 from builder.resolve.lock import Lock, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
 from builder.oci.layout import Layout
-from builder.oci.registry import Registry, parse_destination, publish, targets_in_layout
+from builder.oci.registry import Registry, parse_destination, publish, sign_target, targets_in_layout
+from builder.oci.sign import SigningPlan, lookaside_dir
 from builder.prove.verify import VerifyRequest, verify
 
 
@@ -33,6 +34,7 @@ class NightlyOptions:
     verify: bool = True
     auth: Optional[tuple[str, str]] = None   # registry user and password
     allow_downgrade: bool = False            # accept a rollback of the lock (recorded in the report)
+    signing: Optional[SigningPlan] = None    # sign what is published (FREEBSD_IMAGES_SIGN_KEY)
 
 
 def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
@@ -101,22 +103,33 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
             if current == t.index_digest and all(registry.manifest_digest(repo, tag) == t.index_digest
                                                  for tag in t.tags[1:]):
                 action = "unchanged"
+                if opts.signing:
+                    # signing is idempotent: an image published before a key was configured gets signed now
+                    sign_target(registry.host, repo, t, layout.read_json(t.index_digest), opts.signing, registry.stats)
             else:
-                publish(layout, registry, ns, [t], log=lambda m: None)
+                publish(layout, registry, ns, [t], log=lambda m: None, signing=opts.signing)
                 action = "published"
                 pushed_any = True
         built = [i for i in rb.images if i.name == t.name]
+
+        def signatures(digest: str) -> Optional[str]:
+            if not (registry and opts.signing):
+                return None
+            return str(lookaside_dir(opts.signing.lookaside, repo, digest))
         images.append({"image": t.name, "tags": list(t.tags), "index": t.index_digest, "action": action,
-                       "previous": current,
+                       "previous": current, "signatures": signatures(t.index_digest),
                        "platforms": [{"arch": i.arch, "platform": i.platform, "digest": i.manifest.digest,
-                                      "layers": len(i.layers), "size": i.size, "closure": _closure_counts(i.closure)}
+                                      "layers": len(i.layers), "size": i.size, "closure": _closure_counts(i.closure),
+                                      "referrers": [{"artifactType": r.artifact_type, "digest": r.digest}
+                                                    for r in i.referrers],
+                                      "signatures": signatures(i.manifest.digest)}
                                      for i in built]})
     if registry:
         write_lock(published_lock_path, lock)
     stats = registry.stats if registry else None
     return {"release": rel, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh, "downgrades_accepted": accepted, "stale_catalogues": stale,
             "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
-            "images": images, "published": pushed_any,
+            "images": images, "published": pushed_any, "signed": bool(registry and opts.signing),
             "push": stats.to_json() if stats else None}
 
 
@@ -146,6 +159,13 @@ def markdown(report: dict) -> str:
                 accepted += [f"- {img['image']} ({p['platform']}): {a['elf']} needs {a['soname']}: {a['reason']}"
                              for a in c.get("accepted", [])]
         lines.append("")
+        attached = [f"- {img['image']} ({p['platform']}) `{p['digest']}`: "
+                    + ", ".join(f"{r['artifactType']} `{r['digest']}`" for r in p.get("referrers") or [])
+                    + (f"; signatures in `{p['signatures']}`" if p.get("signatures") else "")
+                    for img in r["images"] for p in img["platforms"] if p.get("referrers") or p.get("signatures")]
+        if attached:
+            lines += ["Referrers (SBOM, provenance) attached to each platform manifest"
+                      + (", and signatures" if r.get("signed") else "") + ":", ""] + attached + [""]
         if accepted:
             lines += ["Unresolved shared libraries accepted in families.yaml:", ""] + accepted + [""]
         if r["differences"]:
