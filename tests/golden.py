@@ -41,8 +41,13 @@ def build_refs(mirror: Path, work: Path, compression: str, prefix: list[str] | N
     if r.returncode != 0:
         raise RuntimeError(f"build failed ({' '.join(argv)}):\n{r.stderr[-4000:]}")
     (work / f"stderr-{compression}{tag}").write_text(r.stderr)
-    index = json.loads((out / RELEASE / "index.json").read_text())
-    # named refs only: referrers (SBOM, provenance) are unnamed entries and are checked in tests/test_trust.py
+    return index_refs(out / RELEASE)
+
+
+def index_refs(layout: Path) -> dict[str, str]:
+    """ref name -> digest from index.json as plain JSON; referrers (SBOM, provenance) are unnamed
+    entries, left out here and checked in tests/test_trust.py."""
+    index = json.loads((Path(layout) / "index.json").read_text())
     return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]
             if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
 

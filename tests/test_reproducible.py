@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 import zstandard
@@ -163,12 +162,7 @@ def test_make_and_the_cli_build_the_same_bytes_from_one_lock(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "from the lock" in r.stderr
 
-    def refs(out: Path) -> dict:
-        idx = json.loads((out / "14.2" / "index.json").read_text())
-        return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in idx["manifests"]
-                if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
-
-    assert refs(tmp_path / "make-out") == refs(tmp_path / "cli-out")
+    assert golden.index_refs(tmp_path / "make-out" / "14.2") == golden.index_refs(tmp_path / "cli-out" / "14.2")
 
 
 def test_an_epoch_override_is_honoured_and_reported(demo_mirror, tmp_path, golden_refs):
