@@ -127,3 +127,12 @@ def walk_tree(root: Path) -> dict:
             else:
                 out[rel] = ("f", mode, st.st_size, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
+
+
+def build_demo_family(mirror: Path, tmp: Path):
+    """The demo family, both arches, built in-process: (ReleaseBuild, Context, tmp)."""
+    from builder.runs.images import build_release
+    ctx = context(demo_project(tmp), cache=tmp / "cache", mirror=f"file://{mirror}", keys=mirror / "keys",
+                  lock_dir=tmp / "locks")
+    lock = ctx.ensure_lock()
+    return build_release(ctx, lock, tmp / "out", log=lambda m: None), ctx, tmp

@@ -16,11 +16,10 @@ import pytest
 from builder.layers.build import tree
 from builder.cli import main
 from builder.errors import BuildError
-from builder.runs.images import build_release
 from builder.oci.archive import archive_name, write_archives
 from builder.oci.layout import Layout
 from builder.oci.registry import Registry, publish, targets_in_layout
-from tests.buildutil import context, demo_project, reachable_by_hand, run, walk_tree
+from tests.buildutil import build_demo_family, demo_project, reachable_by_hand, run, walk_tree
 from tests.conftest import ROOT
 from tests.registry import AuthProxy, RegistryServer
 from tests.tools import have, require
@@ -40,13 +39,7 @@ needs_tools = pytest.mark.usefixtures("needs_tools_fixture")
 @pytest.fixture(scope="module")
 def family(demo_mirror, tmp_path_factory):
     """The demo family built in-process, keeping the filesystem models for comparison."""
-    tmp = tmp_path_factory.mktemp("family")
-    project = demo_project(tmp)
-    ctx = context(project, cache=tmp / "cache", mirror=f"file://{demo_mirror}", keys=demo_mirror / "keys",
-                  lock_dir=tmp / "locks")
-    lock = ctx.ensure_lock()
-    rb = build_release(ctx, lock, tmp / "out", log=lambda m: None)
-    return rb, ctx, tmp
+    return build_demo_family(demo_mirror, tmp_path_factory.mktemp("family"))
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ from builder.oci.attest import INTOTO_MT, SPDX_MT, license_expression
 from builder.oci.layout import Layout, canonical
 from builder.oci.registry import Registry, publish, referrers_tag, targets_in_layout
 from builder.oci.sign import DSSE_MT, Signer, SigningPlan, Verifier, pae
-from builder.runs.images import build_release, project_commit
-from tests.buildutil import context, demo_project, run
+from builder.runs.images import project_commit
+from tests.buildutil import build_demo_family, demo_project, run
 from tests.conftest import ROOT
 from tests.test_build import build_args
 from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
@@ -67,13 +67,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def family(demo_mirror, tmp_path_factory):
     """The demo family, both arches, built in-process (its lock is the one verify-image checks against)."""
-    tmp = tmp_path_factory.mktemp("trust")
-    project = demo_project(tmp)
-    ctx = context(project, cache=tmp / "cache", mirror=f"file://{demo_mirror}", keys=demo_mirror / "keys",
-                  lock_dir=tmp / "locks")
-    lock = ctx.ensure_lock()
-    rb = build_release(ctx, lock, tmp / "out", log=lambda m: None)
-    return rb, ctx, tmp
+    return build_demo_family(demo_mirror, tmp_path_factory.mktemp("trust"))
 
 
 def referrer_docs(layout: Layout) -> dict[tuple[str, str], tuple[dict, bytes]]:

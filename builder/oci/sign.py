@@ -146,7 +146,22 @@ class Gpg:
         return fprs
 
 
-class Signer:
+class _HoldsGpg:
+    """Owns a temporary GnuPG home, removed on close."""
+
+    gpg: "Gpg"
+
+    def close(self) -> None:
+        self.gpg.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Signer(_HoldsGpg):
     """A secret key ready to sign; use as a context manager (a temporary keyring is removed on exit)."""
 
     def __init__(self, gpg: Gpg, fingerprint: str):
@@ -174,14 +189,6 @@ class Signer:
                              "it must name exactly one, or be a key file")
         return cls(gpg, fprs[0])
 
-    def close(self) -> None:
-        self.gpg.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def sign(self, data: bytes) -> bytes:
         """An OpenPGP signed message (binary) carrying data."""
@@ -198,7 +205,7 @@ class Signer:
         return out
 
 
-class Verifier:
+class Verifier(_HoldsGpg):
     """Trusts exactly the public keys of one key file (a temporary keyring of its own)."""
 
     def __init__(self, key_file: Path):
@@ -216,14 +223,6 @@ class Verifier:
             f.flush()
             return cls(Path(f.name))
 
-    def close(self) -> None:
-        self.gpg.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _check(self, status: list[list[str]], what: str) -> str:
         kinds = {s[0] for s in status if s}
