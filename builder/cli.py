@@ -82,6 +82,7 @@ def add_release_options(p: argparse.ArgumentParser, release_positional: bool = T
     p.add_argument("--lock", type=Path, default=None, help="lock file (default <lock-dir>/<release>.lock.json)")
     p.add_argument("--lock-dir", type=Path, default=None, help="directory of lock files (default the project's releases/)")
     p.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $XDG_CACHE_HOME/freebsd-images)")
+    _family_option(p)
 
 
 def _allow_downgrade(p: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def _allow_downgrade(p: argparse.ArgumentParser) -> None:
 def _where(args):
     from builder.runs.context import Where
     return Where(project=args.project, arches=tuple(args.arch or ()), mirror=args.mirror, keys=args.keys,
-                 lock=args.lock, lock_dir=args.lock_dir, cache_dir=args.cache_dir)
+                 lock=args.lock, lock_dir=args.lock_dir, cache_dir=args.cache_dir, family=args.family)
 
 
 def _context(args, release: Optional[str] = None):
@@ -102,12 +103,18 @@ def _context(args, release: Optional[str] = None):
 
 # --- project ------------------------------------------------------------------------------
 
-@command("check", "validate families.yaml and every release file")
+@command("check", "validate families.yaml, families/*.yaml and every release file")
 def cmd_check(args) -> int:
     project = _project(args)
-    print(f"ok: {len(project.family.flavours)} flavours ({', '.join(project.family.names)}), "
+    fams = "; ".join(f"{f.name}: {', '.join(f.names)}" for f in project.families.values())
+    print(f"ok: {len(project.families)} families ({fams}), "
           f"{len(project.releases)} releases ({', '.join(project.releases)})")
     return 0
+
+
+def _family_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", default=None,
+                   help="image family: default (families.yaml) or NAME (families/NAME.yaml), e.g. official")
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
@@ -115,12 +122,13 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flavour", action="append", help="only this flavour (repeatable)")
     p.add_argument("--arch", action="append", help="only this arch, FreeBSD or OCI name (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _family_option(p)
 
 
 @command("plan", "list the targets (image x release x arch) and their package sets", _plan_args)
 def cmd_plan(args) -> int:
     from builder.config.plan import targets
-    ts = targets(_project(args), args.release, args.flavour, args.arch)
+    ts = targets(_project(args), args.release, args.flavour, args.arch, args.family)
     if args.json:
         print(json.dumps({"targets": [t.to_json() for t in ts]}, indent=2))
         return 0
@@ -174,7 +182,7 @@ def cmd_lock(args) -> int:
     if ctx.release.catalogue_max_age:
         for s in stale_catalogues(cats, ctx.release.catalogue_max_age):
             out.warn(s)
-    lock, _ = relock(ctx.release, ctx.project.family, cats, load_lock(ctx.lock_path), args.allow_downgrade, out.warn)
+    lock, _ = relock(ctx.release, ctx.family, cats, load_lock(ctx.lock_path), args.allow_downgrade, out.warn)
     changed = write_lock(ctx.lock_path, lock)
     n = sum(len(a.packages) for a in lock.arches.values())
     print(f"{'wrote' if changed else 'unchanged'} {ctx.lock_path}: {n} packages over {len(lock.arches)} arches, "
@@ -230,10 +238,13 @@ def _build_args(p) -> None:
     p.add_argument("--release", help="build this release's family (with --all or --flavour)")
     p.add_argument("--all", action="store_true", help="every flavour of --release")
     p.add_argument("--flavour", action="append", help="only this flavour of --release (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("build/out"), help="output root; the layout is OUT/<release>/")
+    p.add_argument("--out", type=Path, default=Path("build/out"),
+                   help="output root; the layout is OUT/<release>/ (every family shares it: image names differ)")
     p.add_argument("--zstd", action="store_true", help="zstd-compressed layers instead of gzip")
     p.add_argument("--squash", action="store_true", help="one layer per image instead of one per flavour")
-    p.add_argument("--archives", action="store_true", help="also write release archives and CHECKSUM files")
+    p.add_argument("--archives", action="store_true",
+                   help="also write release archives and CHECKSUM files (OUT/<release>/release/, "
+                        "release-<family>/ for another family)")
     _sign_key(p, "with --archives, sign CHECKSUM.SHA256/SHA512 (detached, armoured: CHECKSUM.*.asc)")
     p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
     _allow_downgrade(p)
@@ -256,7 +267,7 @@ def _sign_key(p: argparse.ArgumentParser, what: str) -> None:
 
 def _selected(args) -> dict[str, list[str]]:
     from builder.config.plan import select
-    chosen = select(_project(args), args.images, args.release, args.all, args.flavour)
+    chosen = select(_project(args), args.images, args.release, args.all, args.flavour, args.family)
     if args.lock and len(chosen) > 1:
         raise BuildError("--lock names one lock file; build one release at a time or use --lock-dir")
     return chosen
@@ -264,7 +275,7 @@ def _selected(args) -> dict[str, list[str]]:
 
 @command("build", "build images into an OCI layout (one per release) under --out", _build_args)
 def cmd_build(args) -> int:
-    from builder.oci.archive import write_archives
+    from builder.oci.archive import archive_dir, write_archives
     from builder.runs.images import build_release, human_size
     out = _out(args)
     rows, doc = [], []
@@ -275,7 +286,7 @@ def cmd_build(args) -> int:
                            log=out.log, warn=out.warn, epoch=args.epoch, workers=args.workers,
                            use_cache=not args.no_layer_cache)
         if args.archives:
-            written = write_archives(rb, ctx.project.release(rel), args.out / rel / "release")
+            written = write_archives(rb, ctx.declared, args.out / rel / archive_dir(ctx.family.name))
             if getattr(args, "sign_key", None):
                 from builder.oci.sign import Signer, sign_files
                 with Signer.open(args.sign_key) as signer:
@@ -285,7 +296,9 @@ def cmd_build(args) -> int:
         for img in rb.images:
             rows.append([f"{img.name}:{img.tags[0]}", img.platform, str(len(img.layers)), human_size(img.size),
                          img.manifest.digest])
-            doc.append(img.to_json() | {"layout": str(rb.layout), "index": rb.indexes[img.name].digest})
+            doc.append(img.to_json() | {"layout": str(rb.layout), "index": rb.indexes[img.name].digest,
+                                        "family": rb.family, "revision": rb.revision,
+                                        "revision_in_image": rb.revision_in_images})
         out.log(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch} "
                 f"from {rb.epoch_source})")
     if args.json:
@@ -341,7 +354,8 @@ def _signing(args):
 @command("publish", "push a layout's images (blobs, manifests, multi-arch indexes, tags) to a registry", _publish_args)
 def cmd_publish(args) -> int:
     from builder.oci.layout import Layout
-    from builder.oci.registry import Registry, credentials, parse_destination, publish, targets_in_layout
+    from builder.oci.registry import (Registry, credentials, foreign_base_names, parse_destination, publish,
+                                      targets_in_layout)
     if not (args.layout / "index.json").exists():
         raise BuildError(f"{args.layout}: not an OCI layout (no index.json)")
     layout = Layout(args.layout)
@@ -351,6 +365,11 @@ def cmd_publish(args) -> int:
     targets = targets_in_layout(layout, args.image)
     if not targets:
         raise BuildError(f"{args.layout}: no image to publish" + (f" named {', '.join(args.image)}" if args.image else ""))
+    foreign = foreign_base_names(layout, targets, host, ns)
+    if foreign:
+        _out(args).warn(f"these images name parents outside {host}/{ns} (base.name, set at build time from the "
+                        f"release file's publish.namespace): {', '.join(foreign[:3])}"
+                        + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""))
     with _signing(args) as signing:
         stats = publish(layout, reg, ns, targets, args.dry_run, log=_out(args).log, signing=signing)
     summary = {"images": len(targets), **stats.to_json(), "dry_run": args.dry_run}
@@ -404,7 +423,7 @@ def cmd_verify(args) -> int:
         ctx = _context(args, rel)
         ctx.ensure_lock(args.update, _out(args).warn, args.allow_downgrade)
         req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, tuple(flavours), tuple(args.arch or ()),
-                            ctx.mirror, ctx.keys, args.zstd, args.squash)
+                            ctx.mirror, ctx.keys, args.zstd, args.squash, ctx.family.name)
         res = verify(req, args.work and args.work / rel)
         if res.differences:
             status = 1

@@ -185,11 +185,14 @@ def test_config_and_annotations(built):
     ann = man["annotations"]
     base = manifests(layout, f"freebsd{RELEASE}-base")
     assert ann["org.opencontainers.image.base.digest"] == layout.refs()[f"freebsd{RELEASE}-base:{RELEASE}-amd64"].digest
-    assert ann["org.opencontainers.image.base.name"] == f"freebsd{RELEASE}-base:{RELEASE}"
+    # fully qualified, in the release file's publish namespace (image-spec: base.name is a full reference)
+    assert ann["org.opencontainers.image.base.name"] == f"ghcr.io/freebsd/freebsd{RELEASE}-base:{RELEASE}"
     assert ann["org.freebsd.version"] == "14.2p1" and ann["org.opencontainers.image.version"] == "14.2p1"
     for k in ("created", "title", "description", "licenses", "vendor", "url", "source"):
         assert ann[f"org.opencontainers.image.{k}"]
-    assert base["annotations"]["org.opencontainers.image.base.name"] == f"freebsd{RELEASE}-static:{RELEASE}"
+    assert base["annotations"]["org.opencontainers.image.base.name"] == f"ghcr.io/freebsd/freebsd{RELEASE}-static:{RELEASE}"
+    # no revision configured in the release file: none in the images (the checkout's goes on the refs only)
+    assert "org.opencontainers.image.revision" not in ann
     refs = layout.refs()
     assert f"freebsd{RELEASE}-minimal:14.2p1" in refs
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+import jinja2
+
+from builder.common import templates
 from builder.config import schema as S
 from builder.config.yamlsrc import Located, load_file
 from builder.errors import ConfigError, Diagnostic
@@ -16,6 +19,9 @@ ABS_PATH = r"(?:/(?!\.\.?(?:/|$))[^/\0]+)+"
 # Template files: relative to the project, never climbing out of it (symlinks are checked when read).
 REL_PATH = r"(?!/)(?:(?!\.\.?(?:/|$))[^/\0]+/)*(?!\.\.?$)[^/\0]+"
 MODE = r"0?[0-7]{3,4}"
+DEFAULT_FAMILY = "default"
+# What a flavour may ask the builder to run after installing, as pkgbase's own scripts do
+POST_INSTALL = ("pwd_mkdb", "services_mkdb", "cap_mkdb", "certctl")
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,16 @@ class PackageRef:
 
 @dataclass(frozen=True)
 class Extract:
-    """Files taken from a package without installing (registering) it."""
+    """Files taken from a package without installing (registering) it.
+
+    ``paths`` land where the package has them; ``copies`` are (path in the package, path in the
+    image); ``under`` takes everything below these directories of the package.
+    """
 
     package: str
-    paths: tuple[str, ...]
+    paths: tuple[str, ...] = ()
+    copies: tuple[tuple[str, str], ...] = ()
+    under: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,9 @@ class Flavour:
     ignore_scripts: tuple[tuple[str, str], ...] = ()  # (package, reason)
     accept_missing: tuple[AcceptMiss, ...] = ()       # shared-library misses let through, with a reason
     static: bool = False                              # no dynamically linked ELF file may ship
+    majors: tuple[int, ...] = ()                      # only for these release majors (empty: every release)
+    trust: tuple[str, ...] = ()                       # repository keys whose trust roots go to /usr/share/keys
+    post_install: tuple[str, ...] = ()                # actions run whether or not a package script asks
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,18 @@ class ResolvedFlavour:
     ignore_scripts: tuple[tuple[str, str], ...]
     accept_missing: tuple[AcceptMiss, ...] = ()   # inherited: a child ships its parent's files
     static: bool = False                          # not inherited: children add the C runtime
+    trust: tuple[str, ...] = ()                   # inherited, like extract: children keep the keys
+    post_install: tuple[str, ...] = ()            # inherited: rerun when a child adds what they read
+
+
+@dataclass(frozen=True)
+class FamilyImage:
+    """A family's own naming, overriding the release file's (None: the release's)."""
+
+    name: Optional[str] = None
+    tags_immutable: Optional[tuple[str, ...]] = None
+    tags_moving: Optional[tuple[str, ...]] = None
+    archive_ref: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,16 @@ class Family:
     flavours: dict[str, Flavour]
     defaults: ImageConfig
     base_dir: Path = field(default=Path("."))
+    name: str = DEFAULT_FAMILY
+    description: str = ""
+    image: Optional[FamilyImage] = None
+
+    def for_release(self, major: int) -> "Family":
+        """The flavours a release line of this major builds: those whose whole chain applies to it."""
+        keep = {n: f for n, f in self.flavours.items()
+                if all(not self.flavours[link].majors or major in self.flavours[link].majors
+                       for link in self.chain(n))}
+        return self if len(keep) == len(self.flavours) else replace(self, flavours=keep)
 
     @property
     def names(self) -> list[str]:
@@ -152,6 +189,8 @@ class Family:
         chain = self.chain(name)
         packages: list[PackageRef] = []
         extract: list[Extract] = []
+        trust: list[str] = []
+        post: list[str] = []
         files: dict[str, FileSpec] = {}
         remove: list[str] = []
         ignore: dict[str, str] = {}
@@ -164,6 +203,8 @@ class Family:
                 if p.name not in {q.name for q in packages}:
                     packages.append(p)
             extract.extend(fl.extract)
+            trust.extend(t for t in fl.trust if t not in trust)
+            post.extend(a for a in fl.post_install if a not in post)
             for f in fl.files:
                 files[f.path] = f
             remove.extend(r for r in fl.remove if r not in remove)
@@ -178,6 +219,7 @@ class Family:
             skeleton=skeleton, files=tuple(files.values()), remove=tuple(remove),
             config=config, ignore_scripts=tuple(sorted(ignore.items())),
             accept_missing=tuple(accept[k] for k in sorted(accept)), static=me.static,
+            trust=tuple(trust), post_install=tuple(post),
         )
 
 
@@ -190,6 +232,28 @@ _CONFIG = S.Struct({
     "user": S.Field(S.Str()),
     "workdir": S.Field(S.Str(pattern=ABS_PATH, expected="an absolute path")),
 })
+
+
+def _template(doc: Located, path, value, out) -> None:
+    if not isinstance(value, str):
+        out.append(doc.diag(path, f"expected a template string, got {type(value).__name__}"))
+        return
+    try:
+        templates.environment().parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        out.append(doc.diag(path, f"bad template: {exc.message}"))
+
+
+_TEMPLATE = S.Custom(_template)
+_IMAGE = S.Struct({
+    "name": S.Field(_TEMPLATE),
+    "tags": S.Field(S.Struct({
+        "immutable": S.Field(S.ListOf(_TEMPLATE)),
+        "moving": S.Field(S.ListOf(_TEMPLATE)),
+    })),
+    "archive-ref": S.Field(_TEMPLATE),
+})
+_ABS = S.Str(pattern=ABS_PATH, expected="an absolute path")
 _PACKAGE = S.OneOf({
     str: S.Str(pattern=PKG_NAME, expected="a package name"),
     dict: S.Struct({
@@ -204,7 +268,11 @@ _FLAVOUR = S.Struct({
     "packages": S.Field(S.ListOf(_PACKAGE)),
     "extract": S.Field(S.ListOf(S.Struct({
         "package": S.Field(S.Str(pattern=PKG_NAME, expected="a package name"), required=True),
-        "paths": S.Field(S.ListOf(S.Str(pattern=ABS_PATH, expected="an absolute path"), unique=True), required=True),
+        "paths": S.Field(S.ListOf(S.OneOf({str: _ABS, dict: S.Struct({
+            "path": S.Field(_ABS, required=True),
+            "to": S.Field(_ABS, required=True),
+        })}, expected="an absolute path or {path, to}"), unique=True)),
+        "under": S.Field(S.ListOf(_ABS, unique=True)),
     }))),
     "skeleton": S.Field(S.Struct({
         "package": S.Field(S.Str(pattern=PKG_NAME, expected="a package name"), required=True),
@@ -229,9 +297,14 @@ _FLAVOUR = S.Struct({
                           required=True),
     }))),
     "static": S.Field(S.Bool()),
+    "majors": S.Field(S.ListOf(S.Int(minimum=1, expected="a FreeBSD major version"), unique=True)),
+    "trust": S.Field(S.ListOf(S.Str(pattern=r"[a-z][a-z0-9_-]*", expected="a repository key"), unique=True)),
+    "post-install": S.Field(S.ListOf(S.Str(choices=POST_INSTALL), unique=True)),
 })
 FAMILY_SCHEMA = S.Struct({
     "schema": S.Field(S.Int(minimum=1), required=True),
+    "description": S.Field(S.Str()),
+    "image": S.Field(_IMAGE),
     "defaults": S.Field(_CONFIG),
     "flavours": S.Field(S.MapOf(_FLAVOUR, key_pattern=r"[a-z][a-z0-9-]*", key_expected="a lower-case flavour name"), required=True),
 })
@@ -261,6 +334,14 @@ def _check_structure(doc: Located, out: list[Diagnostic]) -> None:
             hint = difflib.get_close_matches(parent, list(flavours), n=1)
             more = f" (did you mean {hint[0]!r}?)" if hint else ""
             out.append(doc.diag(("flavours", name, "parent"), f"unknown parent flavour {parent!r}{more}"))
+        pbody = flavours.get(parent) if isinstance(parent, str) else None
+        mine, theirs = body.get("majors"), (pbody or {}).get("majors") if isinstance(pbody, dict) else None
+        if isinstance(mine, list) and isinstance(theirs, list) and not set(mine) <= set(theirs):
+            out.append(doc.diag(("flavours", name, "majors"), f"majors {mine} reach beyond those of parent "
+                                                              f"{parent!r} ({theirs}): it would never build there"))
+        for i, e in enumerate(body.get("extract") or []):
+            if isinstance(e, dict) and not (e.get("paths") or e.get("under")):
+                out.append(doc.diag(("flavours", name, "extract", i), "an extract entry needs 'paths' or 'under'"))
         for i, f in enumerate(body.get("files") or []):
             if isinstance(f, dict) and ("template" in f) == ("content" in f):
                 out.append(doc.diag(("flavours", name, "files", i), "a file needs exactly one of 'template' or 'content'"))
@@ -299,7 +380,7 @@ def _check_structure(doc: Located, out: list[Diagnostic]) -> None:
             cur = flavours[cur].get("parent")
 
 
-def parse_family(doc: Located, base_dir: Path) -> Family:
+def parse_family(doc: Located, base_dir: Path, family_name: str = DEFAULT_FAMILY) -> Family:
     problems = S.validate(doc, FAMILY_SCHEMA)
     if not problems:
         _check_structure(doc, problems)
@@ -316,7 +397,12 @@ def parse_family(doc: Located, base_dir: Path) -> Family:
             parent=body.get("parent"),
             description=body["description"],
             packages=pkgs,
-            extract=tuple(Extract(e["package"], tuple(e["paths"])) for e in body.get("extract") or []),
+            extract=tuple(Extract(e["package"],
+                                  paths=tuple(p for p in e.get("paths") or () if isinstance(p, str)),
+                                  copies=tuple((p["path"], p["to"]) for p in e.get("paths") or ()
+                                               if isinstance(p, dict)),
+                                  under=tuple(e.get("under") or ()))
+                          for e in body.get("extract") or []),
             skeleton=Skeleton(skel["package"], tuple(skel["specs"])) if skel else None,
             files=tuple(FileSpec(path=f["path"], template=f.get("template"), content=f.get("content"),
                                  mode=int(f.get("mode", "0644"), 8), uname=f.get("uname", "root"),
@@ -328,10 +414,23 @@ def parse_family(doc: Located, base_dir: Path) -> Family:
             accept_missing=tuple(AcceptMiss(a["elf"], a["soname"], a["reason"].strip())
                                  for a in body.get("accept-missing-libraries") or []),
             static=bool(body.get("static", False)),
+            majors=tuple(body.get("majors") or ()),
+            trust=tuple(body.get("trust") or ()),
+            post_install=tuple(body.get("post-install") or ()),
         )
-    return Family(source=doc.file, flavours=flavours, defaults=_config(doc.data.get("defaults")), base_dir=base_dir)
+    img = doc.data.get("image")
+    image = None
+    if img:
+        tags = img.get("tags") or {}
+        image = FamilyImage(name=img.get("name"),
+                            tags_immutable=tuple(tags["immutable"]) if "immutable" in tags else None,
+                            tags_moving=tuple(tags["moving"]) if "moving" in tags else None,
+                            archive_ref=img.get("archive-ref"))
+    return Family(source=doc.file, flavours=flavours, defaults=_config(doc.data.get("defaults")), base_dir=base_dir,
+                  name=family_name, description=(doc.data.get("description") or "").strip(), image=image)
 
 
-def load_family(path: Path) -> Family:
+def load_family(path: Path, name: str = DEFAULT_FAMILY, base_dir: Optional[Path] = None) -> Family:
+    """A family file; template paths are relative to base_dir (default: the file's directory)."""
     path = Path(path)
-    return parse_family(load_file(path), path.parent)
+    return parse_family(load_file(path), base_dir if base_dir is not None else path.parent, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from builder.config.family import PackageRef
+from builder.config.family import DEFAULT_FAMILY, PackageRef
 from builder.config.release import Release
 from builder.config.project import Project
 from builder.errors import BuildError
@@ -21,6 +21,7 @@ class Target:
     abi: str
     packages: tuple[str, ...]
     own_packages: tuple[str, ...]
+    family: str = DEFAULT_FAMILY
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -37,12 +38,13 @@ def flavour_packages(release: Release, refs: tuple[PackageRef, ...]) -> list[Pac
 
 
 def targets(project: Project, releases: list[str] | None = None, flavours: list[str] | None = None,
-            arches: list[str] | None = None) -> list[Target]:
+            arches: list[str] | None = None, family: Optional[str] = None) -> list[Target]:
     out = []
-    fam = project.family
-    for rname, rel in project.releases.items():
+    project.get_family(family)
+    for rname in project.releases:
         if releases and rname not in releases:
             continue
+        rel, fam = project.view(rname, family)
         for fname in fam.names:
             if flavours and fname not in flavours:
                 continue
@@ -55,35 +57,57 @@ def targets(project: Project, releases: list[str] | None = None, flavours: list[
                     parent=fam.flavours[fname].parent, arch=arch.name, platform=arch.platform,
                     abi=rel.abi(arch.name),
                     packages=tuple(p.name for p in flavour_packages(rel, fl.packages)),
-                    own_packages=tuple(p.name for p in flavour_packages(rel, fl.own_packages))))
+                    own_packages=tuple(p.name for p in flavour_packages(rel, fl.own_packages)),
+                    family=fam.name))
     return out
 
 
-def parse_image(project: Project, image: str) -> tuple[str, str]:
-    """``freebsd14.2-minimal`` -> (release, flavour), by rendering every release's name pattern."""
-    for rname, rel in project.releases.items():
-        for fname in project.family.flavours:
+def parse_image(project: Project, image: str, family: Optional[str] = None,
+                release: Optional[str] = None) -> tuple[str, str]:
+    """``freebsd14.2-minimal`` -> (release, flavour), by rendering every release's name pattern.
+
+    A family whose names do not carry the release (the official ``freebsd-runtime``) needs
+    ``release`` to tell them apart; an image name only a release tells apart is refused."""
+    found = []
+    for rname in project.releases:
+        if release and rname != release:
+            continue
+        rel, fam = project.view(rname, family)
+        for fname in fam.flavours:
             if rel.render_name(fname) == image:
-                return rname, fname
-    names = sorted({t.image for t in targets(project)})
+                found.append((rname, fname))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise BuildError(f"image {image!r} is built by several releases ({', '.join(r for r, _ in found)}): "
+                         f"name one with --release")
+    names = sorted({t.image for t in targets(project, [release] if release else None, family=family)})
     raise BuildError(f"unknown image {image!r}; known images: {', '.join(names)}")
 
 
 def select(project: Project, images: list[str], release: Optional[str] = None, all_flavours: bool = False,
-           flavours: Optional[list[str]] = None) -> dict[str, list[str]]:
+           flavours: Optional[list[str]] = None, family: Optional[str] = None) -> dict[str, list[str]]:
     """release -> flavours (family order), from image names or a release with --all / --flavour."""
     out: dict[str, list[str]] = {}
+    project.get_family(family)
     for image in images:
-        rel, fl = parse_image(project, image)
+        rel, fl = parse_image(project, image, family, release)
         out.setdefault(rel, []).append(fl)
-    if release:
+    if release and (all_flavours or flavours or not images):
         if not (all_flavours or flavours):
             raise BuildError("--release needs --all or --flavour")
-        project.release(release)
+        _, fam = project.view(release, family)
         for f in flavours or ():
-            if f not in project.family.flavours:
-                raise BuildError(f"unknown flavour {f!r}; flavours: {', '.join(project.family.names)}")
-        out.setdefault(release, []).extend(project.family.names if all_flavours else flavours)
+            if f not in fam.flavours:
+                every = project.get_family(family)
+                why = (f" (not built for FreeBSD {project.release(release).major})" if f in every.flavours else "")
+                raise BuildError(f"unknown flavour {f!r} of family {fam.name} for release {release}{why}; "
+                                 f"flavours: {', '.join(fam.names)}")
+        out.setdefault(release, []).extend(fam.names if all_flavours else flavours)
     if not out:
         raise BuildError("nothing to build: name an image (e.g. freebsd14.2-minimal) or --release R --all")
-    return {r: sorted(set(fs), key=project.family.names.index) for r, fs in out.items()}
+    result = {}
+    for r, fs in out.items():
+        order = project.view(r, family)[1].names
+        result[r] = sorted(set(fs), key=order.index)
+    return result

@@ -1,12 +1,14 @@
 """The project's declarative inputs, loaded and cross-checked together."""
 from __future__ import annotations
 
+import difflib
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from builder.config.family import Family, load_family
+from builder.config.family import DEFAULT_FAMILY, Family, load_family
 from builder.config.release import Release, find_release, load_release, release_files
 from builder.common.templates import confined
 from builder.errors import BuildError, ConfigError, Diagnostic
@@ -15,13 +17,30 @@ from builder.errors import BuildError, ConfigError, Diagnostic
 @dataclass(frozen=True)
 class Project:
     root: Path
-    family: Family
+    family: Family                       # the default family (families.yaml)
     releases: dict[str, Release]
+    families: dict[str, Family] = field(default_factory=dict)   # every family by name, the default first
 
     def release(self, name: str) -> Release:
         if name not in self.releases:
             find_release(self.root / "releases", name)  # raises with the known names
         return self.releases[name]
+
+    def get_family(self, name: Optional[str] = None) -> Family:
+        name = name or DEFAULT_FAMILY
+        fams = self.families or {self.family.name: self.family}
+        if name not in fams:
+            hint = difflib.get_close_matches(name, list(fams), n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise BuildError(f"unknown family {name!r}{more}; families: {', '.join(fams)} "
+                             f"(families.yaml is {DEFAULT_FAMILY!r}, families/NAME.yaml is NAME)")
+        return fams[name]
+
+    def view(self, release: str, family: Optional[str] = None) -> tuple[Release, Family]:
+        """A release as one family builds it: the family's naming, and only the flavours for its major."""
+        rel = self.release(release)
+        fam = self.get_family(family)
+        return rel.for_family(fam), fam.for_release(rel.major)
 
 
 def default_root() -> Path:
@@ -29,14 +48,25 @@ def default_root() -> Path:
 
 
 def load_project(root: Optional[Path] = None, only_release: Optional[str] = None) -> Project:
-    """Load families.yaml and every release file, reporting all problems at once."""
+    """Load families.yaml, families/*.yaml and every release file, reporting all problems at once."""
     root = Path(root or default_root())
     problems: list[Diagnostic] = []
     family = None
+    families: dict[str, Family] = {}
     try:
         family = load_family(root / "families.yaml")
+        families[family.name] = family
     except ConfigError as exc:
         problems += exc.diagnostics
+    for path in sorted((root / "families").glob("*.yaml")) if (root / "families").is_dir() else ():
+        if path.stem == DEFAULT_FAMILY or not re.fullmatch(r"[a-z][a-z0-9-]*", path.stem):
+            problems.append(Diagnostic(str(path), 1, 1, f"a family file is families/NAME.yaml with a lower-case NAME "
+                                                        f"other than {DEFAULT_FAMILY!r} (that one is families.yaml)"))
+            continue
+        try:
+            families[path.stem] = load_family(path, path.stem, base_dir=root)
+        except ConfigError as exc:
+            problems += exc.diagnostics
     releases: dict[str, Release] = {}
     files = release_files(root / "releases")
     if not files:
@@ -52,16 +82,24 @@ def load_project(root: Optional[Path] = None, only_release: Optional[str] = None
         if rel.name != path.stem:
             problems.append(Diagnostic(str(path), 1, 1, f"release {rel.name!r} must live in {rel.name}.yaml"))
         releases[rel.name] = rel
-    if family is not None:
-        problems += _cross_check(root, family, releases)
+    for fam in families.values():
+        problems += _cross_check(root, fam, releases)
     if problems:
         raise ConfigError(problems)
-    return Project(root=root, family=family, releases=releases)
+    return Project(root=root, family=family, releases=releases, families=families)
 
 
 def _cross_check(root: Path, family: Family, releases: dict[str, Release]) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     for fl in family.flavours.values():
+        for key in fl.trust:
+            for rel in releases.values():
+                repo = next((r for r in rel.repositories if r.key == key), None)
+                if (fl.majors and rel.major not in fl.majors):
+                    continue
+                if repo is None:
+                    out.append(Diagnostic(family.source, 1, 1, f"flavour {fl.name} trusts repository {key!r}, "
+                                                               f"which release {rel.name} does not define"))
         for f in fl.files:
             if f.template:
                 try:

@@ -17,6 +17,11 @@ from builder.config.yamlsrc import Located, load_file
 from builder.errors import BuildError, ConfigError, Diagnostic
 
 SIGNATURE_TYPES = ("none", "pubkey", "fingerprints")
+KEYS_IN_IMAGE = "/usr/share/keys"
+# FreeBSD's BRANCH (newvers.sh) for each kind of release line
+BRANCH_KIND = {"release": "RELEASE", "stable": "STABLE", "current": "CURRENT"}
+# Release archives: one ref per image and arch (podman load of two arches must not share one)
+DEFAULT_ARCHIVE_REF = "{{ name }}:{{ tag }}-{{ platform }}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,12 @@ class Repository:
     def url_for(self, abi: str) -> str:
         return self.url.replace("${ABI}", abi)
 
+    @property
+    def image_fingerprints(self) -> Optional[str]:
+        """Where this repository's trust roots live inside an image: keys/ is laid out like
+        /usr/share/keys, so keys/pkgbase-15 is /usr/share/keys/pkgbase-15 (what pkg's configuration names)."""
+        return f"{KEYS_IN_IMAGE}/{self.fingerprints.name}" if self.fingerprints is not None else None
+
 
 @dataclass(frozen=True)
 class Release:
@@ -57,6 +68,27 @@ class Release:
     version_package: str = "FreeBSD-runtime"
     catalogue_max_age: Optional[int] = None    # days; older catalogues are reported as a possibly frozen mirror
     base_dir: Path = field(default=Path("."))
+    archive_ref: str = DEFAULT_ARCHIVE_REF     # jinja2: the ref inside a release archive
+    namespace: Optional[str] = None            # HOST/NAMESPACE the images are published under (base.name)
+    revision: Optional[str] = None             # org.opencontainers.image.revision written into the images
+
+    @property
+    def branch_kind(self) -> str:
+        return BRANCH_KIND.get(self.kind, self.kind.upper())
+
+    def for_family(self, family) -> "Release":
+        """This release with a family's own naming (image name, tags, archive ref) where it declares one."""
+        img = getattr(family, "image", None)
+        if img is None:
+            return self
+        return replace(self, image_name=img.name or self.image_name,
+                       tags_immutable=self.tags_immutable if img.tags_immutable is None else img.tags_immutable,
+                       tags_moving=self.tags_moving if img.tags_moving is None else img.tags_moving,
+                       archive_ref=img.archive_ref or self.archive_ref)
+
+    def _ctx(self, flavour: str, **more) -> dict:
+        return dict(release=self.name, major=self.major, flavour=flavour, branch_kind=self.branch_kind,
+                    kind=self.kind, **more)
 
     def abi(self, arch: str) -> str:
         return f"FreeBSD:{self.major}:{arch}"
@@ -85,7 +117,7 @@ class Release:
         return out
 
     def render_name(self, flavour: str) -> str:
-        name = _render(self.image_name, release=self.name, major=self.major, flavour=flavour)
+        name = _render(self.image_name, **self._ctx(flavour))
         if not re.fullmatch(OCI_NAME, name):
             raise BuildError(f"{self.source}: image name {name!r} (flavour {flavour}) is not a valid OCI repository "
                              f"name ({OCI_NAME})")
@@ -94,13 +126,28 @@ class Release:
     def render_tags(self, flavour: str, version: str) -> tuple[list[str], list[str]]:
         """Tags, each checked against the OCI grammar: ``version`` comes from package data, which
         a compromised repository controls, and a tag ends up in URL paths and file names."""
-        ctx = dict(release=self.name, major=self.major, flavour=flavour, version=version)
+        ctx = self._ctx(flavour, version=version)
         out = ([_render(t, **ctx) for t in self.tags_immutable], [_render(t, **ctx) for t in self.tags_moving])
         for tag in out[0] + out[1]:
             if not re.fullmatch(OCI_TAG, tag):
                 raise BuildError(f"{self.source}: flavour {flavour}: tag {tag!r} (from version {version!r} of package "
                                  f"{self.version_package}) is not a valid OCI tag ({OCI_TAG})")
         return out
+
+    def render_archive_ref(self, flavour: str, arch: Arch, tag: str, version: str) -> str:
+        """The ref a release archive carries for one image and arch (podman load tags the image with it)."""
+        name = self.render_name(flavour)
+        ref = _render(self.archive_ref, **self._ctx(flavour, version=version, name=name, tag=tag, arch=arch.name,
+                                                    platform=arch.platform))
+        rname, sep, rtag = ref.rpartition(":")
+        if not sep or not re.fullmatch(OCI_NAME, rname) or not re.fullmatch(OCI_TAG, rtag):
+            raise BuildError(f"{self.source}: archive ref {ref!r} (flavour {flavour}, {arch.name}) is not NAME:TAG "
+                             f"with a valid OCI name and tag")
+        return ref
+
+    def published(self, name: str, tag: str) -> str:
+        """The fully qualified reference of an image as published (base.name): HOST/NAMESPACE/NAME:TAG."""
+        return f"{self.namespace}/{name}:{tag}" if self.namespace else f"{name}:{tag}"
 
     def with_mirror(self, mirror: Optional[str], keys: Optional[Path] = None) -> "Release":
         """Point every repository at a mirror root; optionally trust another key set.
@@ -145,6 +192,12 @@ def _template(doc: Located, path, value, out) -> None:
 
 
 _TEMPLATE = S.Custom(_template)
+TAGS = S.Struct({
+    "immutable": S.Field(S.ListOf(_TEMPLATE)),
+    "moving": S.Field(S.ListOf(_TEMPLATE)),
+})
+# registry host[:port] and zero or more repository path components
+NAMESPACE = r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
 _REPO = S.Struct({
     "name": S.Field(S.Str(pattern=r"[A-Za-z0-9_-]+", expected="a repository name"), required=True),
     "url": S.Field(S.Str(pattern=r"(pkg\+https|pkg\+http|https|http|file)://\S+",
@@ -168,11 +221,14 @@ RELEASE_SCHEMA = S.Struct({
     "repositories": S.Field(S.MapOf(_REPO, key_pattern=r"[a-z][a-z0-9_-]*", key_expected="a repository key"), required=True),
     "image": S.Field(S.Struct({
         "name": S.Field(_TEMPLATE, required=True),
-        "tags": S.Field(S.Struct({
-            "immutable": S.Field(S.ListOf(_TEMPLATE)),
-            "moving": S.Field(S.ListOf(_TEMPLATE)),
-        }), required=True),
+        "tags": S.Field(TAGS, required=True),
+        "archive-ref": S.Field(_TEMPLATE),
     }), required=True),
+    "publish": S.Field(S.Struct({
+        "namespace": S.Field(S.Str(pattern=NAMESPACE, expected="a registry and namespace like ghcr.io/freebsd")),
+        "revision": S.Field(S.Str(pattern=r"[A-Za-z0-9][A-Za-z0-9._/@+:-]{0,127}",
+                                  expected="a source revision (commit hash or tag)")),
+    })),
     "version-package": S.Field(S.Str(pattern=PKG_NAME, expected="a package name")),
     "package-map": S.Field(S.MapOf(S.ListOf(S.Str(pattern=PKG_NAME, expected="a package name")),
                                    key_pattern=PKG_NAME, key_expected="a package name")),
@@ -215,6 +271,7 @@ def parse_release(doc: Located, base_dir: Path) -> Release:
             priority=r.get("priority", 0)))
     repos.sort(key=lambda r: (-r.priority, r.key))
     tags = d["image"]["tags"]
+    publish = d.get("publish") or {}
     return Release(
         source=doc.file, name=d["release"], branch=d["branch"], major=d["major"], kind=d["kind"],
         arches=tuple(Arch(k, v["platform"], v.get("variant")) for k, v in d["arches"].items()),
@@ -225,6 +282,8 @@ def parse_release(doc: Located, base_dir: Path) -> Release:
         version_package=d.get("version-package", "FreeBSD-runtime"),
         catalogue_max_age=d.get("catalogue-max-age"),
         base_dir=base_dir,
+        archive_ref=d["image"].get("archive-ref", DEFAULT_ARCHIVE_REF),
+        namespace=publish.get("namespace"), revision=publish.get("revision"),
     )
 
 

@@ -110,7 +110,12 @@ CA_ROOTS = ("Demo_Root_CA_Alpha", "Demo_Root_CA_Bravo", "Demo_Root_CA_Charlie", 
 CA_UNTRUSTED = ("Demo_Revoked_Root_CA",)
 
 
-def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
+def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_conf: Optional[bytes] = None,
+                  trust: Optional[dict[str, bytes]] = None) -> list[GenPackage]:
+    """The base repository. ``major`` >= 15 gives FreeBSD 15's: its package names, the packages of
+    FreeBSD's notoolchain image, a FreeBSD-set-devel-sized toolchain and the FreeBSD-set-*
+    metapackages; FreeBSD-pkg-bootstrap then ships ``pkg_conf`` as /etc/pkg/FreeBSD.conf and the
+    ``trust`` files ({image path: content}), as FreeBSD 15's does."""
     f = Filler(f"{seed}/{arch}")
     kb = 1024
     libc = ("libc.so.7",)
@@ -271,6 +276,8 @@ def base_packages(arch: str, seed: str, ports_url: str) -> list[GenPackage]:
         files=[GenFile("/usr/lib/debug/bin/sh.debug", data=f.bytes(8 * kb), mode=0o444, elf="static")])
     pkgs = [runtime, clibs, clibs_dev, openssl_lib, openssl, caroot, certctl, zoneinfo, mtree, kerberos,
             libarchive, libexecinfo, libucl, fetch, rc, bootstrap, rescue, utilities, utilities_man, runtime_dbg]
+    if major >= 15:
+        pkgs = fifteen(pkgs, arch, seed, pkg_conf, trust or {})
     for p in pkgs:
         p.desc = p.comment + "."
     return link(pkgs, arch)
@@ -291,3 +298,216 @@ def ports_packages(arch: str, seed: str, abi_version: str) -> list[GenPackage]:
         bulk_kb=40, bulk_dir="/usr/local/libexec/pkg")
     pkg.desc = "Package manager."
     return link([pkg], arch)
+
+
+# --- FreeBSD 15 ------------------------------------------------------------------------------
+
+# 15 moved these out of runtime and utilities into packages of their own
+MOVED_IN_15 = {"/bin/csh": "FreeBSD-csh", "/usr/bin/vi": "FreeBSD-vi"}
+RENAMED_IN_15 = {"FreeBSD-kerberos-lib": ("FreeBSD-krb5-lib", "base/krb5-lib", "MIT Kerberos Libraries")}
+LIBS = ("libc.so.7", "libthr.so.3")
+NCURSES = LIBS + ("libncursesw.so.9", "libutil.so.9")
+SSL = LIBS + ("libcrypto.so.30", "libssl.so.30")
+KRB = SSL + ("libkrb5.so.11", "libgssapi.so.10")
+CXX = LIBS + ("libm.so.5", "libc++.so.1", "libcxxrt.so.1", "libgcc_s.so.1", "libz.so.6")
+
+# name: (set(s), programs, libraries provided [(path, KiB)], text files [(path, mode)], shlibs required,
+#        dependencies, bulk KiB at scale 1, bulk directory, bulk is ELF)
+# The packages FreeBSD's notoolchain image adds (release/tools/oci-image-notoolchain.conf), then
+# FreeBSD-set-devel's: compilers, linkers, debugger, headers and static libraries, about 10 MB at
+# scale 1 (--scale 100 gives a toolchain of about 1 GB, like FreeBSD's).
+FIFTEEN = {
+    "FreeBSD-acct": ("optional", ["/usr/sbin/accton", "/usr/sbin/sa", "/usr/bin/lastcomm"], [], [], LIBS, (), 20, "/usr/libexec/acct", True),
+    "FreeBSD-at": ("optional", ["/usr/bin/at", "/usr/libexec/atrun"], [], [("/var/at/at.deny", 0o600)], LIBS, (), 10, "/usr/libexec/at", True),
+    "FreeBSD-audit": ("optional", ["/usr/sbin/auditd", "/usr/sbin/audit", "/usr/sbin/praudit"],
+                      [("/usr/lib/libbsm.so.3", 60)], [("/etc/security/audit_control", 0o600)], LIBS, (), 40, "/usr/libexec/audit", True),
+    "FreeBSD-autofs": ("optional", ["/usr/sbin/automount", "/usr/sbin/automountd", "/usr/sbin/autounmountd"], [],
+                       [("/etc/auto_master", 0o644)], LIBS + ("libutil.so.9",), (), 20, "/usr/libexec/autofs", True),
+    "FreeBSD-blocklist": ("optional", ["/usr/sbin/blocklistd", "/usr/sbin/blocklistctl"], [("/usr/lib/libblocklist.so.0", 16)],
+                          [("/etc/blocklistd.conf", 0o644)], LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/blocklist", True),
+    "FreeBSD-bsnmp": ("optional", ["/usr/sbin/bsnmpd", "/usr/bin/bsnmpget"], [("/usr/lib/libbsnmp.so.6", 50)],
+                      [("/etc/snmpd.config", 0o600)], SSL, (), 60, "/usr/lib/snmp", True),
+    "FreeBSD-console-tools": ("minimal", ["/usr/sbin/kbdcontrol", "/usr/sbin/vidcontrol", "/usr/sbin/kbdmap"], [], [],
+                              NCURSES, (), 120, "/usr/share/vt/keymaps", False),
+    "FreeBSD-cron": ("minimal,minimal-jail", ["/usr/sbin/cron", "/usr/bin/crontab"], [], [("/etc/crontab", 0o644)],
+                     LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/cron", True),
+    "FreeBSD-csh": ("minimal,minimal-jail", ["/bin/csh"], [], [("/etc/csh.cshrc", 0o644), ("/etc/csh.login", 0o644)],
+                    NCURSES + ("libcrypt.so.5",), (), 20, "/usr/share/examples/tcsh", False),
+    "FreeBSD-devd": ("minimal", ["/sbin/devd", "/usr/sbin/devctl"], [], [("/etc/devd.conf", 0o644)], CXX, (), 30, "/etc/devd", False),
+    "FreeBSD-dma": ("minimal,minimal-jail", ["/usr/libexec/dma", "/usr/libexec/dma-mbox-create"], [],
+                    [("/etc/dma/dma.conf", 0o644)], SSL, (), 20, "/usr/share/examples/dma", False),
+    "FreeBSD-ee": ("minimal,minimal-jail", ["/usr/bin/ee"], [], [], NCURSES, (), 10, "/usr/share/nls/ee", False),
+    "FreeBSD-fd": ("optional", ["/usr/sbin/fdcontrol", "/usr/sbin/fdformat", "/usr/bin/fdread", "/usr/bin/fdwrite"], [], [],
+                   LIBS, (), 10, "/usr/libexec/fd", True),
+    "FreeBSD-ftp": ("optional", ["/usr/bin/ftp", "/usr/libexec/ftpd"], [], [("/etc/ftpusers", 0o644)],
+                    NCURSES + ("libedit.so.8",), (), 20, "/usr/libexec/ftp", True),
+    "FreeBSD-inetd": ("optional", ["/usr/sbin/inetd"], [], [("/etc/inetd.conf", 0o644)], LIBS + ("libutil.so.9",), (),
+                      10, "/usr/libexec/inetd", True),
+    "FreeBSD-ipf": ("optional", ["/sbin/ipf", "/sbin/ipfstat", "/sbin/ipnat"], [], [], LIBS + ("libkvm.so.7",), (),
+                    40, "/usr/share/examples/ipfilter", False),
+    "FreeBSD-ipfw": ("optional", ["/sbin/ipfw", "/sbin/dnctl"], [], [], LIBS + ("libutil.so.9",), (), 20, "/usr/share/examples/ipfw", False),
+    "FreeBSD-iscsi": ("optional", ["/usr/bin/iscsictl", "/usr/sbin/iscsid", "/usr/sbin/ctld"], [], [],
+                      LIBS + ("libutil.so.9", "libxo.so.0"), (), 30, "/usr/libexec/iscsi", True),
+    "FreeBSD-jail": ("minimal,minimal-jail", ["/usr/sbin/jail", "/usr/sbin/jexec", "/usr/sbin/jls"], [],
+                     [("/etc/jail.conf.sample", 0o644)], LIBS + ("libjail.so.1", "libutil.so.9", "libxo.so.0"), (),
+                     20, "/usr/share/examples/jails", False),
+    "FreeBSD-krb5": ("optional", ["/usr/bin/kinit", "/usr/bin/klist", "/usr/bin/kdestroy", "/usr/sbin/kadmin"], [],
+                     [("/etc/krb5.conf.sample", 0o644)], KRB, ("FreeBSD-krb5-lib",), 80, "/usr/libexec/krb5", True),
+    "FreeBSD-libcompiler_rt-dev": ("devel", [], [], [], (), (), 400, "/usr/lib/clang/19/lib/freebsd", False),
+    "FreeBSD-locales": ("minimal,minimal-jail", [], [], [], (), (), 300, "/usr/share/locale", False),
+    "FreeBSD-lp": ("optional", ["/usr/bin/lpr", "/usr/bin/lpq", "/usr/sbin/lpd"], [], [("/etc/printcap", 0o644)],
+                   LIBS, (), 20, "/usr/libexec/lpr", True),
+    "FreeBSD-natd": ("optional", ["/sbin/natd"], [], [], LIBS, (), 10, "/usr/libexec/natd", True),
+    "FreeBSD-netmap": ("optional", ["/usr/sbin/valectl"], [("/usr/lib/libnetmap.so.0", 20)], [], LIBS, (), 10,
+                       "/usr/libexec/netmap", True),
+    "FreeBSD-newsyslog": ("minimal,minimal-jail", ["/usr/sbin/newsyslog"], [], [("/etc/newsyslog.conf", 0o644)],
+                          LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/newsyslog", True),
+    "FreeBSD-nfs": ("optional", ["/sbin/mount_nfs", "/usr/sbin/nfsd", "/usr/sbin/mountd", "/usr/bin/showmount"], [], [],
+                    LIBS + ("libutil.so.9",), (), 40, "/usr/libexec/nfs", True),
+    "FreeBSD-nuageinit": ("optional", [], [], [("/usr/libexec/nuageinit", 0o555), ("/etc/rc.d/nuageinit", 0o555)], (), (),
+                          10, "/usr/share/flua/nuage", False),
+    "FreeBSD-periodic": ("minimal,minimal-jail", [], [], [("/usr/sbin/periodic", 0o555), ("/etc/periodic/daily/100.clean-disks", 0o555),
+                                                         ("/etc/defaults/periodic.conf", 0o644)], (), (), 20, "/etc/periodic/security", False),
+    "FreeBSD-pf": ("optional", ["/sbin/pfctl", "/usr/sbin/ftp-proxy", "/usr/sbin/authpf"], [("/lib/libpfctl.so.0", 30)],
+                   [("/etc/pf.os", 0o644)], LIBS + ("libutil.so.9",), (), 40, "/usr/share/examples/pf", False),
+    "FreeBSD-quotacheck": ("optional", ["/sbin/quotacheck", "/usr/sbin/repquota", "/usr/bin/quota"], [], [],
+                           LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/quota", True),
+    "FreeBSD-rcmds": ("optional", ["/usr/bin/rsh", "/usr/bin/rlogin", "/usr/sbin/rwhod"], [], [], LIBS + ("libutil.so.9",), (),
+                      10, "/usr/libexec/rcmds", True),
+    "FreeBSD-resolvconf": ("minimal,minimal-jail", [], [], [("/sbin/resolvconf", 0o555), ("/etc/resolvconf.conf", 0o644)], (), (),
+                           10, "/usr/libexec/resolvconf", False),
+    "FreeBSD-ssh": ("minimal,minimal-jail", ["/usr/bin/ssh", "/usr/bin/scp", "/usr/bin/sftp", "/usr/sbin/sshd",
+                                             "/usr/bin/ssh-keygen", "/usr/bin/ssh-agent"], [("/usr/lib/libprivatessh.so.5", 200)],
+                    [("/etc/ssh/sshd_config", 0o644), ("/etc/ssh/ssh_config", 0o644), ("/etc/ssh/moduli", 0o644)],
+                    KRB + ("libutil.so.9", "libz.so.6"), ("FreeBSD-openssl-lib", "FreeBSD-krb5-lib"), 150, "/usr/libexec/ssh", True),
+    "FreeBSD-syslogd": ("minimal,minimal-jail", ["/usr/sbin/syslogd"], [], [("/etc/syslog.conf", 0o644)],
+                        LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/syslogd", True),
+    "FreeBSD-tcpd": ("optional", ["/usr/sbin/tcpd", "/usr/sbin/tcpdchk"], [("/usr/lib/libwrap.so.6", 20)], [("/etc/hosts.allow", 0o644)],
+                     LIBS, (), 10, "/usr/libexec/tcpd", True),
+    "FreeBSD-telnet": ("optional", ["/usr/bin/telnet"], [], [], NCURSES + ("libcrypto.so.30",), (), 20, "/usr/libexec/telnet", True),
+    "FreeBSD-ufs": ("minimal", ["/sbin/newfs", "/sbin/fsck_ffs", "/sbin/tunefs", "/sbin/dumpfs", "/sbin/growfs"],
+                    [("/lib/libufs.so.8", 30)], [], LIBS + ("libutil.so.9",), (), 40, "/usr/libexec/ufs", True),
+    "FreeBSD-unbound": ("optional", ["/usr/sbin/local-unbound", "/usr/sbin/local-unbound-control"],
+                        [("/usr/lib/libprivateunbound.so.5", 150)], [], SSL, ("FreeBSD-openssl-lib",), 60,
+                        "/usr/libexec/unbound", True),
+    "FreeBSD-vi": ("minimal,minimal-jail", ["/usr/bin/vi"], [], [("/usr/share/vi/catalog/english", 0o444)], NCURSES, (),
+                   60, "/usr/share/vi/catalog", False),
+    "FreeBSD-yp": ("optional", ["/usr/bin/ypcat", "/usr/bin/ypmatch", "/usr/sbin/ypbind"], [("/usr/lib/libypclnt.so.4", 20)], [],
+                   LIBS, (), 20, "/usr/libexec/yp", True),
+    "FreeBSD-zfs": ("minimal", ["/sbin/zfs", "/sbin/zpool", "/usr/sbin/zdb", "/sbin/bectl"],
+                    [("/lib/libzfs.so.4", 300), ("/lib/libnvpair.so.2", 60), ("/lib/libzfs_core.so.2", 40), ("/lib/libuutil.so.2", 30)],
+                    [("/etc/zfs/zpool.d/README", 0o644)], LIBS + ("libm.so.5", "libz.so.6", "libcrypto.so.30", "libgeom.so.5"),
+                    ("FreeBSD-geom",), 300, "/usr/libexec/zfs", True),
+    "FreeBSD-geom": ("minimal", ["/sbin/geom", "/sbin/gpart"], [("/lib/libgeom.so.5", 30)], [], LIBS + ("libutil.so.9",), (),
+                     20, "/lib/geom", True),
+    # FreeBSD-set-devel
+    "FreeBSD-clang": ("devel", ["/usr/bin/clang", "/usr/bin/clang-cpp", "/usr/bin/clang-format"], [], [], CXX + ("libexecinfo.so.1",),
+                      (), 4200, "/usr/libexec/clang", True),
+    "FreeBSD-lld": ("devel", ["/usr/bin/ld.lld"], [], [], CXX, (), 900, "/usr/libexec/lld", True),
+    "FreeBSD-lldb": ("devel", ["/usr/bin/lldb", "/usr/bin/lldb-server"], [("/usr/lib/liblldb.so.19", 300)], [],
+                     CXX + ("libedit.so.8", "libncursesw.so.9", "libxo.so.0"), (), 1500, "/usr/libexec/lldb", True),
+    "FreeBSD-toolchain": ("devel", ["/usr/bin/ar", "/usr/bin/nm", "/usr/bin/objcopy", "/usr/bin/readelf", "/usr/bin/size",
+                                    "/usr/bin/strings", "/usr/bin/strip", "/usr/bin/addr2line", "/usr/bin/c++filt",
+                                    "/usr/bin/make", "/usr/bin/yacc", "/usr/bin/lex"], [], [],
+                          LIBS + ("libelf.so.2", "libz.so.6"), (), 600, "/usr/libexec/toolchain", True),
+    "FreeBSD-clibs-dev": ("devel", [], [], [("/usr/include/stdlib.h", 0o444), ("/usr/include/unistd.h", 0o444)], (),
+                          ("FreeBSD-clibs",), 1200, "/usr/lib/static", False),
+    "FreeBSD-runtime-dev": ("devel", [], [], [("/usr/include/libutil.h", 0o444)], (), ("FreeBSD-runtime",), 300,
+                            "/usr/include/runtime", False),
+    "FreeBSD-openssl-lib-dev": ("devel", [], [], [("/usr/include/openssl/ssl.h", 0o444)], (), ("FreeBSD-openssl-lib",), 400,
+                                "/usr/include/openssl/all", False),
+    "FreeBSD-krb5-dev": ("devel", [], [], [("/usr/include/krb5.h", 0o444)], (), ("FreeBSD-krb5-lib",), 200,
+                         "/usr/include/krb5", False),
+    "FreeBSD-zfs-dev": ("devel", [], [], [("/usr/include/libzfs.h", 0o444)], (), ("FreeBSD-zfs",), 300,
+                        "/usr/include/zfs", False),
+    "FreeBSD-libarchive-dev": ("devel", [], [], [("/usr/include/archive.h", 0o444)], (), ("FreeBSD-libarchive",), 200,
+                               "/usr/include/libarchive", False),
+}
+# the explicit dependencies of the sets (release/packages/sets/*.ucl); members come from the annotations
+SET_DEPS = {"devel": ("minimal",), "optional": ("minimal",), "optional-jail": ("minimal-jail",),
+            "base": ("minimal", "optional", "devel"), "base-jail": ("minimal-jail", "optional-jail", "devel")}
+SET_COMMENTS = {"minimal": "Basic multi-user system", "minimal-jail": "Basic multi-user jail system",
+                "devel": "Developments tools", "optional": "Optional base system software",
+                "optional-jail": "Optional base system software for jails", "base": "All base system software",
+                "base-jail": "All base system software for jails"}
+# sets of the packages the 14 model already has
+SETS_15 = {"FreeBSD-runtime": "minimal,minimal-jail", "FreeBSD-clibs": "minimal,minimal-jail",
+           "FreeBSD-utilities": "minimal,minimal-jail", "FreeBSD-zoneinfo": "minimal,minimal-jail",
+           "FreeBSD-openssl-lib": "minimal,minimal-jail", "FreeBSD-openssl": "minimal,minimal-jail",
+           "FreeBSD-caroot": "minimal,minimal-jail", "FreeBSD-certctl": "minimal,minimal-jail",
+           "FreeBSD-mtree": "minimal,minimal-jail", "FreeBSD-krb5-lib": "minimal,minimal-jail",
+           "FreeBSD-libarchive": "minimal,minimal-jail", "FreeBSD-libexecinfo": "minimal,minimal-jail",
+           "FreeBSD-libucl": "minimal,minimal-jail", "FreeBSD-fetch": "minimal,minimal-jail",
+           "FreeBSD-rc": "minimal,minimal-jail", "FreeBSD-pkg-bootstrap": "minimal,minimal-jail",
+           "FreeBSD-rescue": "minimal", "FreeBSD-clibs-dev": "devel", "FreeBSD-utilities-man": "optional",
+           "FreeBSD-runtime-dbg": "base-dbg"}
+
+
+def _text(path: str) -> bytes:
+    return f"# {path}: generated stand-in for FreeBSD's file\n".encode()
+
+
+def fifteen(pkgs: list[GenPackage], arch: str, seed: str, pkg_conf: Optional[bytes],
+            trust: dict[str, bytes]) -> list[GenPackage]:
+    """FreeBSD 15's base repository from 14's model: renames, the packages split out, the
+    notoolchain and devel packages, and the set metapackages (as release/packages/create-sets.sh
+    makes them: one FreeBSD-set-NAME per ``set`` annotation, depending on its members)."""
+    f = Filler(f"{seed}/{arch}/15")
+    by = {p.name: p for p in pkgs}
+    for old, (new, origin, comment) in RENAMED_IN_15.items():
+        p = by.pop(old)
+        p.name, p.origin, p.comment = new, origin, comment
+        by[new] = p
+    for p in by.values():
+        p.files = [g for g in p.files if g.path not in MOVED_IN_15]
+        p.deps = tuple(RENAMED_IN_15.get(d, (d,))[0] for d in p.deps)
+        if p.name in SETS_15:
+            p.annotations = dict(p.annotations, set=SETS_15[p.name])
+    boot = by["FreeBSD-pkg-bootstrap"]
+    if pkg_conf is not None:
+        boot.files = [g for g in boot.files if g.path != "/etc/pkg/FreeBSD.conf"] + [
+            GenFile("/etc/pkg/FreeBSD.conf", data=pkg_conf, mode=0o644)]
+    dirs = sorted({p.rsplit("/", 1)[0] for p in trust} | {p.rsplit("/", 2)[0] + "/revoked" for p in trust})
+    boot.files += [GenFile(p, data=trust[p], mode=0o644) for p in sorted(trust)]
+    boot.directories = sorted(set(boot.directories) | {(d, 0o755) for d in dirs})
+    for name, (sets, bins, libs, texts, needs, deps, bulk, bulk_dir, bulk_elf) in FIFTEEN.items():
+        short = name[len("FreeBSD-"):]
+        p = by.get(name) or GenPackage(name, f"base/{short}", FIFTEEN_COMMENTS.get(name, f"FreeBSD {short}"))
+        p.annotations = dict(p.annotations, set=sets)
+        p.files = list(p.files) + [_exe(b, arch, f, 3064) for b in bins] \
+            + [_lib(path, arch, f, kib * 1024) for path, kib in libs] \
+            + [GenFile(path, data=_text(path), mode=mode) for path, mode in texts]
+        p.shlibs_required = tuple(dict.fromkeys(p.shlibs_required + tuple(needs)))
+        p.shlibs_provided = tuple(sorted(set(p.shlibs_provided) | {path.rsplit("/", 1)[1] for path, _ in libs}))
+        p.deps = tuple(dict.fromkeys(p.deps + tuple(deps)))
+        p.config = tuple(dict.fromkeys(p.config + tuple(path for path, mode in texts if path.startswith("/etc/")
+                                                        and mode & 0o111 == 0)))
+        if bulk and p.bulk_kb == 0:
+            p.bulk_kb, p.bulk_dir, p.bulk_elf = bulk, bulk_dir, bulk_elf
+        by[name] = p
+    # the hard links FreeBSD's packages carry for these programs
+    by["FreeBSD-csh"].files.append(GenFile("/bin/tcsh", kind="hardlink", target="/bin/csh", mode=0o555))
+    by["FreeBSD-vi"].files += [GenFile(f"/usr/bin/{n}", kind="hardlink", target="/usr/bin/vi", mode=0o555)
+                               for n in ("ex", "view", "nvi", "nex", "nview")]
+    by["FreeBSD-ee"].files.append(GenFile("/usr/bin/edit", kind="hardlink", target="/usr/bin/ee", mode=0o555))
+    by["FreeBSD-clang"].files += [GenFile(f"/usr/bin/{n}", kind="hardlink", target="/usr/bin/clang", mode=0o555)
+                                  for n in ("cc", "c++", "clang++", "cpp")]
+    by["FreeBSD-lld"].files.append(GenFile("/usr/bin/ld", kind="symlink", target="ld.lld", mode=0o777))
+    out = sorted(by.values(), key=lambda p: p.name)
+    members: dict[str, list[str]] = {}
+    for p in out:
+        for s in (p.annotations.get("set") or "").split(","):
+            if s:
+                members.setdefault(s, []).append(p.name)
+    for s in sorted(set(members) | set(SET_DEPS)):
+        deps = tuple(f"FreeBSD-set-{d}" for d in SET_DEPS.get(s, ())) + tuple(members.get(s, ()))
+        out.append(GenPackage(f"FreeBSD-set-{s}", "base", f"{SET_COMMENTS.get(s, s)} (metapackage)", deps=deps,
+                              vital=s in ("minimal", "minimal-jail")))
+    return out
+
+
+FIFTEEN_COMMENTS = {
+    "FreeBSD-krb5": "MIT Kerberos utilities", "FreeBSD-ssh": "Secure Shell", "FreeBSD-zfs": "ZFS filesystem",
+    "FreeBSD-clang": "Clang C/C++ compiler", "FreeBSD-lld": "LLVM linker", "FreeBSD-lldb": "LLVM debugger",
+    "FreeBSD-toolchain": "Binary utilities", "FreeBSD-locales": "Locale data", "FreeBSD-pf": "pf packet filter",
+}

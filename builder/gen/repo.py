@@ -246,20 +246,59 @@ def generate(release: Release, out: Path, arches: Optional[list[str]] = None,
     atomic_write_bytes(keys / "trusted" / "freebsd-images-demo",
                        f'function: "sha256"\nfingerprint: "{hashlib.sha256(pub).hexdigest()}"\n'.encode())
     base = release.repository("base")
-    ports = next((r for r in release.repositories if r.key != "base"), None)
+    others = [r for r in release.repositories if r.key != "base"]
+    ports = next((r for r in others if r.key == "ports"), others[0] if others else None)
+    fifteen = release.major >= 15
     for arch in arches or [a.name for a in release.arches]:
         abi = release.abi(arch)
         osversion = f"{release.major}0{(int(release.name.split('.')[1]) if '.' in release.name else 5)}000"
         ports_url = ports.url if ports else "pkg+https://pkg.FreeBSD.org/${ABI}/quarterly"
-        pk = base_packages(arch, opts.seed, ports_url)
+        pk = base_packages(arch, opts.seed, ports_url, release.major,
+                           pkg_conf=freebsd_conf(release) if fifteen else None,
+                           trust=trust_files(release) if fifteen else None)
         d = out / abi / _repo_dir(base.url)
         write_repository(d, abi, arch, pk, version, _signing(base), opts)
         summary["repositories"].append(str(d))
-        if ports is not None:
-            d = out / abi / _repo_dir(ports.url)
-            write_repository(d, abi, arch, ports_packages(arch, opts.seed, osversion), version, _signing(ports), opts)
+        for r in others:
+            # the ports repository has pkg; any other (FreeBSD 15's kmods) is generated empty
+            d = out / abi / _repo_dir(r.url)
+            write_repository(d, abi, arch, ports_packages(arch, opts.seed, osversion) if r is ports else [],
+                             version, _signing(r), opts)
             summary["repositories"].append(str(d))
     return summary
+
+
+def freebsd_conf(release: Release) -> bytes:
+    """/etc/pkg/FreeBSD.conf as FreeBSD 15's pkg-bootstrap ships it (usr.sbin/pkg/FreeBSD.conf.*):
+    the ports repositories enabled, FreeBSD-base declared but disabled, each with its trust roots."""
+    order = sorted(release.repositories, key=lambda r: (r.key == "base", r.key != "ports", r.key))
+    out = ["#", "# To disable a repository, instead of modifying or removing this file,",
+           "# create a /usr/local/etc/pkg/repos/FreeBSD.conf file, e.g.:", "#",
+           "#   mkdir -p /usr/local/etc/pkg/repos",
+           f'#   echo "{order[0].name}: {{ enabled: no }}" > /usr/local/etc/pkg/repos/FreeBSD.conf', "#",
+           "# Note that the FreeBSD-base repository is disabled by default.", "#", ""]
+    for r in order:
+        out += [f"{r.name}: {{", f'  url: "{r.url}",', '  mirror_type: "srv",', f'  signature_type: "{r.signature_type}",']
+        if r.image_fingerprints:
+            out.append(f'  fingerprints: "{r.image_fingerprints}",')
+        out += [f"  enabled: {'no' if r.key == 'base' else 'yes'}", "}"]
+    return ("\n".join(out) + "\n").encode()
+
+
+def trust_files(release: Release) -> dict[str, bytes]:
+    """The fingerprint files of the release's repositories, at their place in an image
+    (FreeBSD 15's pkg-bootstrap ships share/keys/pkg and share/keys/pkgbase-15)."""
+    out: dict[str, bytes] = {}
+    for r in release.repositories:
+        if r.signature_type != "fingerprints" or r.fingerprints is None:
+            continue
+        src = Path(r.fingerprints) / "trusted"
+        if not src.is_dir():
+            continue
+        for f in sorted(src.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                out[f"{r.image_fingerprints}/trusted/{f.name}"] = f.read_bytes()
+    return out
 
 
 def tree_size(path: Path) -> int:

@@ -8,6 +8,7 @@ parent's filesystem, so each layer holds exactly the flavour's delta.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from builder.layers.writer import IdMap, LayerInfo, write_layer
 from builder.resolve.lock import ArchLock
 from builder.install.pkgdb import Registration, build_pkgdb, writer_version
 from builder.layers.cache import SCAN_ENTRY, LayerCache, ScanCache, layer_key
-from builder.install import certctl, closure, dbtools
+from builder.install import certctl, closure, dbtools, pkgconf
 from builder.install.scripts import recognise
 
 PKGDB_PATH = "/var/db/pkg/local.sqlite"
@@ -150,12 +151,100 @@ def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch:
                         target=link.target, source="generated:certctl"), "certctl", allow_replace=True)
 
 
+MAX_KEY_FILE = 64 << 10
+
+
+def _trust(fs: FileSystem, release: Release, keys: tuple[str, ...], epoch: int, what: str) -> None:
+    """The trust roots of these repositories, from the project's keys/ (laid out like /usr/share/keys),
+    where pkg's configuration in the image looks for them: what FreeBSD's own image script copies
+    from share/keys in the source tree. Paths already in the image are left as they are."""
+    root = Path(release.base_dir).resolve()
+    for key in keys:
+        repo = release.repository(key)
+        if repo.signature_type != "fingerprints" or repo.fingerprints is None:
+            continue
+        src = Path(repo.fingerprints).resolve()
+        if src != root and root not in src.parents:
+            raise BuildError(f"{what}: repository {key} trusts {repo.fingerprints}, outside the project {root}")
+        if not (src / "trusted").is_dir():
+            raise BuildError(f"{what}: repository {key} ({repo.name}) trusts {repo.fingerprints}, which has no "
+                             "trusted/ directory: copy FreeBSD's /usr/share/keys/<dir> into keys/ (keys/README.md)")
+        dest = repo.image_fingerprints
+        for d in (posixpath.dirname(dest), dest, f"{dest}/trusted", f"{dest}/revoked"):
+            if d not in fs.nodes:
+                fs.add(Node(d, "dir", 0o755, "root", "wheel", epoch, source="trust"), what)
+        for sub in ("trusted", "revoked"):
+            if not (src / sub).is_dir():
+                continue
+            for f in sorted((src / sub).iterdir()):
+                if f.name.startswith(".") or f.is_symlink() or not f.is_file():
+                    continue
+                if f.stat().st_size > MAX_KEY_FILE:
+                    raise BuildError(f"{what}: {f} is larger than {MAX_KEY_FILE} bytes: not a fingerprint file")
+                path = f"{dest}/{sub}/{f.name}"
+                if path not in fs.nodes:
+                    fs.add(_generated(path, f.read_bytes(), 0o644, epoch, "trust"), what)
+
+
+def _extract(fs: FileSystem, ex, scanned: Callable[[str], ScannedPackage], release: Release,
+             package_path: Callable[[str], Path], epoch: int, fname: str) -> None:
+    """Files of a package put into the image without installing (registering) the package."""
+    names = release.map_packages([ex.package])
+    by_path: dict[str, Node] = {}
+    owner: dict[str, str] = {}
+    for n in names:
+        for node in scanned(n).nodes:
+            if node.path not in by_path:
+                by_path[node.path] = node
+                owner[node.path] = n
+    what = f"flavour {fname}: extract from {ex.package}"
+    for p in ex.paths:
+        if p not in by_path:
+            raise BuildError(f"flavour {fname}: package {ex.package} has no {p} to extract")
+        if p not in fs.nodes:
+            fs.add(replace(by_path[p], owner=""), f"extract from {ex.package}")
+    for d in ex.under:
+        below = sorted((p for p in by_path if p.startswith(d.rstrip("/") + "/")),
+                       key=lambda p: tuple(p.strip("/").split("/")))
+        if not below:
+            raise BuildError(f"flavour {fname}: package {ex.package} has nothing under {d} to extract")
+        for p in below:
+            node = by_path[p]
+            if node.kind == "hardlink" and node.target not in fs.nodes and node.target not in below:
+                raise BuildError(f"{what}: {p} is a hard link to {node.target}, which is not extracted")
+            if p not in fs.nodes:
+                fs.add(replace(node, owner=""), f"extract from {ex.package}")
+    for src, dst in ex.copies:
+        node = by_path.get(src)
+        if node is None or node.kind not in ("file", "hardlink"):
+            raise BuildError(f"flavour {fname}: package {ex.package} has no file {src} to copy to {dst}")
+        if dst in fs.nodes:
+            continue
+        member = node.target if node.kind == "hardlink" else node.path
+        data = read_member(package_path(owner[src]), owner[src], {member})[member]
+        fs.add(_generated(dst, data, node.mode, epoch, f"extract:{ex.package}", node.uname, node.gname), what)
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def _reads(fl: ResolvedFlavour, names: list[str]) -> list[str]:
-    return sorted(set(names) | {e.package for e in fl.extract} | ({fl.skeleton.package} if fl.skeleton else set()))
+def _reads(fl: ResolvedFlavour, release: Release, names: list[str]) -> list[str]:
+    """Every package a flavour's layer is made from: installed, extracted from, or the skeleton's."""
+    read = [e.package for e in fl.extract] + ([fl.skeleton.package] if fl.skeleton else [])
+    return sorted(set(names) | set(release.map_packages(read)))
+
+
+def _trust_files(release: Release, keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path, sha256) of the key files _trust would install: part of a layer's cache key."""
+    out = []
+    for key in keys:
+        repo = release.repository(key)
+        if repo.signature_type == "fingerprints" and repo.fingerprints is not None:
+            for f in sorted(Path(repo.fingerprints).glob("*/*")):
+                if f.is_file() and not f.is_symlink():
+                    out.append((str(f.relative_to(repo.fingerprints)), hashlib.sha256(f.read_bytes()).hexdigest()))
+    return out
 
 
 def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
@@ -234,9 +323,10 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
             raise BuildError(f"{release.name}/{arch}: flavour {fname} is not in the lock file; run `freebsd-images lock`")
         rendered[fname] = [(f, _render(family.base_dir, f.template, release, fname, arch) if f.template
                             else f.content.encode()) for f in fl.files]
-        locked = {n: lock.packages[n] for n in _reads(fl, list(entry["packages"])) if n in lock.packages}
+        locked = {n: lock.packages[n] for n in _reads(fl, release, list(entry["packages"])) if n in lock.packages}
         keys[fname] = layer_key(parent=keys.get(family.flavours[fname].parent), flavour=fl,
                                 files=[data for _, data in rendered[fname]], lock=entry, packages=locked,
+                                trust=_trust_files(release, fl.trust),
                                 release=[release.name, release.abi(arch), repo_names, release.pkgdb_user_version,
                                          version], epoch=epoch, compression=opts.compression, squash=opts.squash,
                                 env=env)
@@ -274,21 +364,17 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         ignored = dict(fl.ignore_scripts)
 
         if fl.skeleton and (prev is None or family.resolve(parent).skeleton != fl.skeleton):
-            _skeleton(fs, fl, contents, scanned, epoch)
-        actions: set[str] = set()
+            skel = replace(fl.skeleton, package=release.map_packages([fl.skeleton.package])[0])
+            _skeleton(fs, replace(fl, skeleton=skel), contents, scanned, epoch)
+        actions: set[str] = set(fl.post_install)
         for name in names:
             sp = scanned(name)
             actions |= recognise(name, sp.manifest.get("scripts") or {}, ignored)
             if name not in before:
                 install(fs, sp)
         for ex in fl.extract:
-            sp = scanned(ex.package)
-            by_path = {n.path: n for n in sp.nodes}
-            for p in ex.paths:
-                if p not in by_path:
-                    raise BuildError(f"flavour {fname}: package {ex.package} has no {p} to extract")
-                if p not in fs.nodes:
-                    fs.add(replace(by_path[p], owner=""), f"extract from {ex.package}")
+            _extract(fs, ex, scanned, release, package_path, epoch, fname)
+        _trust(fs, release, fl.trust, epoch, f"flavour {fname}")
         for f, data in rendered[fname]:
             fs.add(_generated(f.path, data, f.mode, epoch, "family", f.uname, f.gname), f"flavour {fname}",
                    allow_replace=True)
@@ -296,6 +382,12 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
             fs.remove(r)
         _post_install(fs, actions, contents, epoch)
         fs.verify(f"flavour {fname}")
+        untrusted = pkgconf.problems(fs, lambda paths: contents.read(fs, paths))
+        if untrusted:
+            raise BuildError(f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname}): pkg's "
+                             "configuration names trust roots the image does not have:\n  " + "\n  ".join(untrusted)
+                             + "\n  Install them with the flavour's `trust: [REPOSITORY...]` (from keys/) or "
+                             "point the configuration at a directory the image has")
         regs = []
         for name in sorted(names):
             sp = scanned(name)

@@ -2,7 +2,10 @@
 
 ``FreeBSD-14.2-RELEASE-amd64-container-image-minimal.txz`` holds an OCI
 layout (oci-layout, index.json, blobs) with that single image, which
-``podman load`` and ``skopeo copy oci-archive:`` accept. Tar headers are fixed
+``podman load`` and ``skopeo copy oci-archive:`` accept. Its ref is the
+release's ``archive-ref`` (default NAME:TAG-PLATFORM; the official family's is
+FreeBSD's ``freebsd-<image>:<rev>-<branch>-<arch>``): one per image and arch,
+so that loading every archive of a release tags every image. Tar headers are fixed
 (epoch mtime, root, 0644/0755), xz runs single-threaded with a fixed preset,
 layers are streamed from the layout's blobs; CHECKSUM.SHA256 and
 CHECKSUM.SHA512 list every archive as FreeBSD release files do (``SHA256 (name) = hex``).
@@ -13,29 +16,38 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import Optional
 
 from builder.common import tarutil
 from builder.common.compress import Xz
 from builder.common.atomic import atomic_output, atomic_write_bytes
 from builder.config.release import Release
+from builder.errors import BuildError
 from builder.oci.layout import INDEX_MT, LAYOUT_FILE, REF_NAME, Layout
 
-KIND = {"release": "RELEASE", "stable": "STABLE", "current": "CURRENT"}
 # FreeBSD names release files TARGET-TARGET_ARCH when the two differ
 ARCH_NAME = {"amd64": "amd64", "aarch64": "arm64-aarch64", "riscv64": "riscv-riscv64",
              "powerpc64le": "powerpc-powerpc64le", "armv7": "arm-armv7", "i386": "i386"}
 XZ_PRESET = 6
 
 
+def archive_dir(family: str) -> str:
+    """Where a build's archives go under OUT/<release>/: families may share flavour names (static)."""
+    from builder.config.family import DEFAULT_FAMILY
+    return "release" if family == DEFAULT_FAMILY else f"release-{family}"
+
+
 def archive_name(release: Release, arch: str, flavour: str) -> str:
-    return f"FreeBSD-{release.name}-{KIND.get(release.kind, release.kind.upper())}-{ARCH_NAME.get(arch, arch)}-container-image-{flavour}.txz"
+    return f"FreeBSD-{release.name}-{release.branch_kind}-{ARCH_NAME.get(arch, arch)}-container-image-{flavour}.txz"
 
 
-def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: int, dest: Path) -> None:
+def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: int, dest: Path,
+                        annotations: Optional[dict] = None) -> None:
+    """``annotations`` go on the descriptor in the archive's index.json (besides the ref name)."""
     man_bytes = layout.read_blob(manifest_digest)
     man = json.loads(man_bytes)
     desc = {"mediaType": man["mediaType"], "digest": manifest_digest, "size": len(man_bytes),
-            "annotations": {REF_NAME: ref}}
+            "annotations": dict(annotations or {}, **{REF_NAME: ref})}
     index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": [desc]},
                        sort_keys=True, indent=2).encode() + b"\n"
     blobs = sorted({manifest_digest, man["config"]["digest"], *(l["digest"] for l in man["layers"])})
@@ -72,12 +84,29 @@ def write_checksums(directory: Path) -> list[Path]:
     return out
 
 
+def archive_ref(release: Release, img) -> str:
+    """The ref podman load gives the image: release.archive_ref (the family's, for the official family
+    FreeBSD's ``freebsd-<image>:<rev>-<branch>-<arch>``), one per image and arch."""
+    return release.render_archive_ref(img.flavour, release.arch(img.arch), img.tags[0], img.version)
+
+
 def write_archives(build, release: Release, directory: Path) -> list[Path]:
-    """One archive per built (flavour, arch), then the CHECKSUM files."""
+    """One archive per built (flavour, arch), then the CHECKSUM files.
+
+    ``release`` names the images as the build did (the family's naming: Context.declared)."""
     layout = Layout(build.layout)
     written = []
+    refs: dict[str, str] = {}
+    ann = {}
+    if getattr(build, "revision", None) and not getattr(build, "revision_in_images", False):
+        ann["org.opencontainers.image.revision"] = build.revision
     for img in build.images:
         dest = Path(directory) / archive_name(release, img.arch, img.flavour)
-        write_image_archive(layout, img.manifest.digest, f"{img.name}:{img.tags[0]}", build.epoch, dest)
+        ref = archive_ref(release, img)
+        if ref in refs:
+            raise BuildError(f"release archives {refs[ref]} and {dest.name} would both carry ref {ref}: "
+                             f"podman load would leave one untagged (archive-ref of {release.source})")
+        refs[ref] = dest.name
+        write_image_archive(layout, img.manifest.digest, ref, build.epoch, dest, ann)
         written.append(dest)
     return written + write_checksums(directory)

@@ -36,8 +36,9 @@ class ImageMeta:
     epoch: int
     config: ImageConfig
     tags: tuple[str, ...]     # every tag, immutable first
-    base_name: Optional[str] = None   # the parent flavour's image reference
+    base_name: Optional[str] = None   # the parent flavour's image reference, fully qualified when published
     build_env: str = ""               # what shaped the bytes besides the inputs (build_environment)
+    revision: Optional[str] = None    # org.opencontainers.image.revision (a configured value only: see runs.images)
 
 
 def build_environment(compression: str) -> str:
@@ -96,6 +97,8 @@ def annotations(meta: ImageMeta, base_digest: Optional[str] = None) -> tuple[tup
             a[ANN + k] = labels[ANN + k]
     if meta.build_env:
         a[BUILD_ENV] = meta.build_env
+    if meta.revision:
+        a[ANN + "revision"] = meta.revision
     if meta.base_name and base_digest:
         a[ANN + "base.name"] = meta.base_name
         a[ANN + "base.digest"] = base_digest

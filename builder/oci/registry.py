@@ -279,6 +279,19 @@ class PushTarget:
     index_digest: str
 
 
+def foreign_base_names(layout: Layout, targets: list[PushTarget], host: str, namespace: str) -> list[str]:
+    """base.name annotations that point outside HOST/NAMESPACE: the release file's publish.namespace
+    named another registry when these images were built (the name is in the manifest, so fixed then)."""
+    prefix = f"{host}/{namespace}/" if namespace else f"{host}/"
+    out = set()
+    for t in targets:
+        for d in layout.read_json(t.index_digest).get("manifests", []):
+            name = (layout.read_json(d["digest"]).get("annotations") or {}).get("org.opencontainers.image.base.name")
+            if name and not name.startswith(prefix):
+                out.add(name)
+    return sorted(out)
+
+
 def targets_in_layout(layout: Layout, names: Optional[list[str]] = None) -> list[PushTarget]:
     """Each image's multi-arch index and the tags naming it (refs NAME:TAG to an index)."""
     by: dict[tuple[str, str], list[str]] = {}

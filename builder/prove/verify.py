@@ -43,9 +43,10 @@ class VerifyRequest:
     keys: Optional[Path] = None
     zstd: bool = False
     squash: bool = False
+    family: Optional[str] = None            # None: the default family
 
     def build_argv(self) -> list[str]:
-        argv = ["--release", self.release]
+        argv = ["--release", self.release] + (["--family", self.family] if self.family else [])
         argv += [x for f in self.flavours for x in ("--flavour", f)] if self.flavours else ["--all"]
         argv += ["--lock", str(Path(self.lock).resolve())]
         argv += [x for a in self.arches for x in ("--arch", a)]

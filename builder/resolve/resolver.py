@@ -12,6 +12,12 @@ from builder.resolve.catalogue import Catalogue, RemotePackage
 SUBPACKAGE = re.compile(r".*-(dbg|dev|man|lib32)$")
 
 
+def is_metapackage(pkg: RemotePackage) -> bool:
+    """A package with no files of its own that exists for its dependencies: FreeBSD's sets
+    (FreeBSD-set-devel, ...), made by release/packages/create-sets.sh with flatsize 0."""
+    return pkg.flatsize == 0 and bool(pkg.deps)
+
+
 @dataclass(frozen=True)
 class Resolution:
     packages: tuple[RemotePackage, ...]    # sorted by name
@@ -62,10 +68,12 @@ def resolve(catalogues: list[Catalogue], refs: list[PackageRef], abi: str) -> Re
         chosen[name] = pkg
         if not follow:
             continue
+        meta = is_metapackage(pkg)
         for dep in pkg.deps:
             if dep.name in chosen:
                 continue
-            if SUBPACKAGE.match(dep.name) and dep.name not in requested:
+            # a set's members are what it is for, sub-packages (-dev, -dbg, ...) included
+            if SUBPACKAGE.match(dep.name) and dep.name not in requested and not meta:
                 warnings.append(f"{name} depends on sub-package {dep.name}, which is not pulled in unless named")
                 continue
             stack.append((dep.name, None, chain + [name], True))

@@ -62,6 +62,34 @@ class ReleaseBuild:
     results: dict[str, dict[str, FlavourResult]]  # arch -> flavour -> result (filesystem models)
     blobs_written: int = 0
     epoch_source: str = "the lock"      # the lock | the environment | --epoch
+    revision: Optional[str] = None      # org.opencontainers.image.revision
+    revision_in_images: bool = False    # True: a configured value, in every manifest; False: the checkout's commit,
+                                        # recorded outside the images (layout and archive index.json) only
+    family: str = "default"
+
+
+def checkout_revision(root: Path) -> Optional[str]:
+    """The project's git commit, or None outside a checkout (or without git)."""
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                           text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = r.stdout.strip()
+    return rev if r.returncode == 0 and len(rev) in (40, 64) and all(c in "0123456789abcdef" for c in rev) else None
+
+
+def image_revision(ctx: Context) -> tuple[Optional[str], bool]:
+    """(revision, whether it goes into the image bytes).
+
+    A revision configured in the release file (publish.revision) is a fact about the release,
+    chosen on purpose, so it is written into every manifest and index. The project's git commit
+    changes with every commit of this project, a change that alters no file of any image: in the
+    images it would change every digest on every commit (nightly would republish everything, the
+    golden digests would never hold), so it is recorded only where no digest covers it."""
+    if ctx.declared.revision:
+        return ctx.declared.revision, True
+    return checkout_revision(ctx.project.root), False
 
 
 def layout_dir(out: Path, release: str) -> Path:
@@ -87,8 +115,9 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
                   log=lambda msg: print(msg, file=sys.stderr),
                   warn=lambda msg: print(f"warning: {msg}", file=sys.stderr), epoch: Optional[int] = None,
                   workers: int = os.cpu_count() or 1, use_cache: bool = True) -> ReleaseBuild:
-    family = ctx.project.family
-    declared = ctx.project.release(ctx.release.name)   # URLs as declared, not the mirror's
+    family = ctx.family
+    declared = ctx.declared   # URLs as declared, not the mirror's; the family's naming
+    revision, in_images = image_revision(ctx)
     epoch, epoch_source = build_epoch(lock, epoch)
     if epoch_source != "the lock":
         log(f"{ctx.release.name}: SOURCE_DATE_EPOCH {epoch} from {epoch_source} overrides the lock's "
@@ -156,10 +185,14 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             immutable, moving = declared.render_tags(fname, res.version)
             tags = tuple(dict.fromkeys(immutable + moving))
             parent = family.flavours[fname].parent
-            base_name = f"{declared.render_name(parent)}:{immutable[0] if immutable else res.version}" if parent else None
+            base_name = None
+            if parent:
+                p_immutable, _ = declared.render_tags(parent, res.version)
+                base_name = declared.published(declared.render_name(parent),
+                                               p_immutable[0] if p_immutable else res.version)
             meta = oci.ImageMeta(name=name, flavour=fname, description=res.description, version=res.version,
                                  epoch=epoch, config=res.config, tags=tags, base_name=base_name,
-                                 build_env=build_env)
+                                 build_env=build_env, revision=revision if in_images else None)
             metas[fname] = meta
             cfg = layout.put_json(oci.image_config(meta, a, [l.diff_id for l in res.layers], res.history), CONFIG_MT)
             layers = [Descriptor(l.media_type, l.digest, l.size) for l in res.layers]
@@ -206,14 +239,16 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
         merged = oci.merge_platforms(kept, [i.manifest for i in built])
         idx = layout.put_json(oci.index(merged, oci.index_annotations(meta)), INDEX_MT)
         indexes[meta.name] = idx
+        # the checkout's revision rides on the layout's refs: index.json is covered by no digest
+        ref_ann = ((oci.ANN + "revision", revision),) if revision and not in_images else ()
         for tag in meta.tags:
-            refs[f"{meta.name}:{tag}"] = idx
+            refs[f"{meta.name}:{tag}"] = replace(idx, annotations=idx.annotations + ref_ann)
         for img in built:
             # one ref per platform manifest: what single-image tools (umoci, oci-image-tool) open
-            refs[f"{meta.name}:{meta.tags[0]}-{img.platform}"] = img.manifest
+            refs[f"{meta.name}:{meta.tags[0]}-{img.platform}"] = replace(img.manifest, annotations=img.manifest.annotations + ref_ann)
     layout.set_refs(refs, referrers=attached)
     return ReleaseBuild(ctx.release.name, layout.root, epoch, images, indexes, refs, results, layout.written,
-                        epoch_source)
+                        epoch_source, revision, in_images, family.name)
 
 
 def project_commit(root: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from builder.common.atomic import atomic_write_bytes
-from builder.runs.context import Context
+from builder.runs.context import Context, lock_name
 from builder.runs.images import build_release, human_size
 from builder.resolve.lock import Lock, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
 from builder.oci.layout import Layout
@@ -65,10 +65,10 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     stale = stale_catalogues(cats, ctx.release.catalogue_max_age) if ctx.release.catalogue_max_age else []
     for s in stale:
         log(f"warning: {s}")
-    lock, accepted = relock(ctx.release, ctx.project.family, cats, previous, opts.allow_downgrade,
+    lock, accepted = relock(ctx.release, ctx.family, cats, previous, opts.allow_downgrade,
                             warn=lambda m: log(f"warning: {m}"))
     write_lock(ctx.lock_path, lock)
-    published_lock_path = opts.state_dir / f"{rel}.published.lock.json"
+    published_lock_path = opts.state_dir / lock_name(rel, ctx.family.name).replace(".lock.json", ".published.lock.json")
     published = load_lock(published_lock_path)
     changes = changed_packages(published, lock)
     log(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
@@ -78,9 +78,10 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     differences: list[str] = []
     if opts.verify:
         req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, arches=tuple(ctx.arches), mirror=ctx.mirror,
-                            keys=ctx.keys)
-        res = verify(req, opts.out / f".verify-{rel}")
-        shutil.rmtree(opts.out / f".verify-{rel}", ignore_errors=True)
+                            keys=ctx.keys, family=ctx.family.name)
+        work = opts.out / f".verify-{rel}-{ctx.family.name}"
+        res = verify(req, work)
+        shutil.rmtree(work, ignore_errors=True)
         reproducible = not res.differences
         differences = [d.human() for d in res.differences[:50]]
         # the published build must be one that reproduces
@@ -95,7 +96,8 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     if opts.to and reproducible is not False:
         host, ns = parse_destination(opts.to)
         registry = Registry(host, insecure=opts.insecure, auth=opts.auth)
-    for t in targets_in_layout(layout):
+    ours = {i.name for i in rb.images}   # families share the layout: publish only what this run built
+    for t in [t for t in targets_in_layout(layout) if t.name in ours]:
         repo = f"{ns}/{t.name}" if ns else t.name
         current = registry.manifest_digest(repo, t.tags[0]) if registry else None
         action = "not published"
@@ -127,7 +129,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     if registry:
         write_lock(published_lock_path, lock)
     stats = registry.stats if registry else None
-    return {"release": rel, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh, "downgrades_accepted": accepted, "stale_catalogues": stale,
+    return {"release": rel, "family": ctx.family.name, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh, "downgrades_accepted": accepted, "stale_catalogues": stale,
             "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
             "images": images, "published": pushed_any, "signed": bool(registry and opts.signing),
             "push": stats.to_json() if stats else None}
@@ -137,7 +139,8 @@ def markdown(report: dict) -> str:
     lines = ["# FreeBSD container images: nightly report", ""]
     for r in report["releases"]:
         rep = {True: "reproducible", False: "**NOT reproducible**", None: "not verified"}[r["reproducible"]]
-        lines += [f"## {r['release']}", "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']} (from {r.get('epoch_source', 'the lock')}); {rep}.", ""]
+        fam = r.get("family", "default")
+        lines += [f"## {r['release']}" + ("" if fam == "default" else f" ({fam} family)"), "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']} (from {r.get('epoch_source', 'the lock')}); {rep}.", ""]
         if r["changed_since_last_publish"]:
             lines += ["Packages changed since the last publish:", ""]
             lines += [f"- {c['package']} {c['old'] or '(new)'} \u2192 {c['new'] or '(removed)'} ({', '.join(c['arches'])})"
