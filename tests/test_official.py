@@ -137,7 +137,9 @@ def _blob(layout: Path, digest: str) -> Path:
 
 
 def _refs(layout: Path) -> dict[str, dict]:
-    return {m["annotations"][REF]: m for m in json.loads((layout / "index.json").read_text())["manifests"]}
+    # named refs only: referrers (SBOM, provenance) are unnamed entries
+    return {m["annotations"][REF]: m for m in json.loads((layout / "index.json").read_text())["manifests"]
+            if REF in (m.get("annotations") or {})}
 
 
 def image_tree(layout: Path, manifest_digest: str) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
