@@ -69,7 +69,19 @@ class RegistryServer:
             self.proc.kill()
 
 
-class AuthProxy:
+class LocalHttp:
+    """A threaded HTTP server on 127.0.0.1 (an ephemeral port) for a test's own handler."""
+
+    def start(self, handler) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class AuthProxy(LocalHttp):
     """Forward to upstream after checking auth: mode 'basic' or 'bearer'."""
 
     def __init__(self, upstream: str, mode: str, user: str = "relng", password: str = "s3cret"):
@@ -133,9 +145,4 @@ class AuthProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
+        self.start(Handler)

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from builder.oci.sign import DSSE_MT, Signer, SigningPlan, Verifier, pae
 from builder.runs.images import project_commit
 from tests.buildutil import build_demo_family, demo_project, run
 from tests.conftest import ROOT
+from tests.registry import LocalHttp
 from tests.test_build import build_args
 from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
 from tests.tools import require, under_ci
@@ -441,7 +441,7 @@ def test_verify_image_on_the_published_image(published, registry, keys, family, 
 
 # --- a registry with the referrers API --------------------------------------------------------
 
-class ReferrersProxy:
+class ReferrersProxy(LocalHttp):
     """In front of docker-registry: answers GET /v2/<repo>/referrers/<digest> from the manifests with a
     subject that went through it, as a distribution-spec 1.1 registry does."""
 
@@ -499,12 +499,7 @@ class ReferrersProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
+        self.start(Handler)
 
 
 def test_the_referrers_api_is_used_when_the_registry_has_one(family, registry, tmp_path):  # noqa: F811
