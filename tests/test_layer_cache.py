@@ -93,3 +93,29 @@ def test_a_damaged_blob_or_entry_is_rebuilt_to_the_same_bytes(demo_mirror, tmp_p
         e.write_text("{not json")
     again, err = _build(tmp_path, demo_mirror)
     assert _layers(err, "built") == ALL and again == first
+
+
+def test_moving_the_trust_roots_rebuilds_the_layers_that_hold_them(demo_mirror, tmp_path):
+    """The key files' place in the image (/usr/share/keys/<dir>) is part of the layer key, not only their bytes."""
+    from tests.buildutil import demo_project
+    project = demo_project(tmp_path)
+
+    def build() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "builder", "--project", str(project), "build", "--release", RELEASE,
+                              "--all", "--arch", "amd64", "--out", str(tmp_path / "out"), "--mirror",
+                            f"file://{demo_mirror}", "--keys", str(demo_mirror / "keys"), "--lock-dir",
+                            str(tmp_path / "locks"), "--cache-dir", str(tmp_path / "cache")],
+                           capture_output=True, text=True, cwd=tmp_path,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+    assert build().returncode == 0
+    (project / "keys" / "pkg").rename(project / "keys" / "pkg-moved")
+    rel = project / "releases" / f"{RELEASE}.yaml"
+    text = rel.read_text()
+    assert "fingerprints: keys/pkg\n" in text
+    rel.write_text(text.replace("fingerprints: keys/pkg\n", "fingerprints: keys/pkg-moved\n"))
+    # minimal's layer is built again (not taken from the cache), and so the build's own check sees
+    # that pkg's configuration in the image still names /usr/share/keys/pkg, which now holds nothing
+    r = build()
+    assert r.returncode == 2, r.stderr
+    assert "trust roots the image does not have" in r.stderr and "/usr/share/keys/pkg" in r.stderr

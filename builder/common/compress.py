@@ -180,8 +180,13 @@ class BlockCompressor(io.RawIOBase):
             self.buf, self.buffered = [], 0
         while self.queue:
             self.sink.write(self.queue.popleft().result())
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (also when the layer failed half-way and ``finish`` never ran)."""
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
 
 class Xz:

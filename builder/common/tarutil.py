@@ -113,8 +113,9 @@ def header_bytes(h: Header) -> bytes:
 
     name = field("path", h.name, 100)
     linkname = field("linkpath", h.linkname, 100)
-    uname = field("uname", h.uname, 32)
-    gname = field("gname", h.gname, 32)
+    # 31: POSIX wants the owner names NUL-terminated inside their 32-byte fields
+    uname = field("uname", h.uname, 31)
+    gname = field("gname", h.gname, 31)
     uid, gid = number("uid", h.uid, 8), number("gid", h.gid, 8)
     mtime = number("mtime", h.mtime, 12)
     size = h.size

@@ -236,14 +236,15 @@ def _reads(fl: ResolvedFlavour, release: Release, names: list[str]) -> list[str]
 
 
 def _trust_files(release: Release, keys: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(path, sha256) of the key files _trust would install: part of a layer's cache key."""
+    """(image path, sha256) of the key files _trust would install: part of a layer's cache key."""
     out = []
     for key in keys:
         repo = release.repository(key)
         if repo.signature_type == "fingerprints" and repo.fingerprints is not None:
             for f in sorted(Path(repo.fingerprints).glob("*/*")):
                 if f.is_file() and not f.is_symlink():
-                    out.append((str(f.relative_to(repo.fingerprints)), hashlib.sha256(f.read_bytes()).hexdigest()))
+                    where = f"{repo.image_fingerprints}/{f.relative_to(repo.fingerprints).as_posix()}"
+                    out.append((where, hashlib.sha256(f.read_bytes()).hexdigest()))
     return out
 
 

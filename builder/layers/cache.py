@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -24,9 +25,12 @@ from typing import Any, Callable, Optional
 
 from builder import FORMAT_VERSION, __version__
 from builder.common.atomic import atomic_write_bytes
+from builder.errors import BuildError
 from builder.layers.writer import LayerInfo
 
 MAX_ENTRY = 1 << 20
+REQUIRED = ("history", "installed", "added", "closure", "manifests")
+MAX_SCAN_ENTRY = 256 << 20
 # Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
 SCAN_ENTRY = 2
 
@@ -46,8 +50,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 over the builder's own sources: a cache entry never outlives the code that made it,
+    whether or not a change remembered to bump FORMAT_VERSION."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
+        if p.is_file() and p.suffix in (".py", ".sql", ".j2") and "__pycache__" not in p.parts:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def layer_key(**parts: Any) -> str:
-    doc = {"format": FORMAT_VERSION, "builder": __version__, **parts}
+    doc = {"format": FORMAT_VERSION, "builder": __version__, "code": code_digest(), **parts}
     return hashlib.sha256(json.dumps(_plain(doc), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -63,14 +79,15 @@ class LayerCache:
 
     def get(self, key: str) -> Optional[dict]:
         path = self._path(key)
+        # Anything unexpected in an entry is a miss: the layer is then built again.
         try:
             if path.stat().st_size > MAX_ENTRY:
                 return None
             entry = json.loads(path.read_bytes())
             info = LayerInfo(**entry["layer"])
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
-        if entry.get("key") != key or not self.blob_ok(info):
+            if entry.get("key") != key or not all(k in entry for k in REQUIRED) or not self.blob_ok(info):
+                return None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, BuildError):
             return None
         entry["layer"] = info
         return entry
@@ -106,6 +123,8 @@ class ScanCache:
         from builder.install.scan import ScannedPackage
         path = self._path(key)
         try:
+            if path.stat().st_size > MAX_SCAN_ENTRY:
+                return None
             doc = json.loads(path.read_bytes())
             if doc.get("key") != key:
                 return None
@@ -116,7 +135,7 @@ class ScanCache:
                 nodes.append(Node(*n[:11], elf=elf))
             config = {p: base64.b64decode(v) for p, v in doc["config"].items()}
             return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config)
-        except (OSError, ValueError, TypeError, KeyError, IndexError):
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
     def put(self, key: str, scanned) -> None:

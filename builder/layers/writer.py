@@ -161,6 +161,7 @@ def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages
                         tar.addfile(ti, spool.read(node.source[4:], src_path, node.size))
         comp.finish()
     finally:
+        comp.close()
         spool.close()
     return LayerInfo(digest="sha256:" + compressed.h.hexdigest(), diff_id="sha256:" + plain.h.hexdigest(),
                      size=compressed.n, tar_size=plain.n, media_type=MEDIA_TYPES[compression], entries=count)
