@@ -179,9 +179,8 @@ def cmd_lock(args) -> int:
     ctx = _context(args)
     out = _out(args)
     cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
-    if ctx.release.catalogue_max_age:
-        for s in stale_catalogues(cats, ctx.release.catalogue_max_age):
-            out.warn(s)
+    for s in stale_catalogues(cats, ctx.release.catalogue_max_age):
+        out.warn(s)
     lock, _ = relock(ctx.release, ctx.family, cats, load_lock(ctx.lock_path), args.allow_downgrade, out.warn)
     changed = write_lock(ctx.lock_path, lock)
     n = sum(len(a.packages) for a in lock.arches.values())

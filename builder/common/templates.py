@@ -44,7 +44,7 @@ def render_file(base: Path, relative: str, what: str, **ctx) -> str:
 
 
 _DEFAULT = None
-_COMPILED: dict[tuple[int, str], jinja2.Template] = {}
+_COMPILED: dict[tuple[ImmutableSandboxedEnvironment, str], jinja2.Template] = {}
 
 
 def render_string(template: str, what: str, env: ImmutableSandboxedEnvironment = None, **ctx) -> str:
@@ -54,7 +54,7 @@ def render_string(template: str, what: str, env: ImmutableSandboxedEnvironment =
         env = _DEFAULT
     try:
         # names and tags render once per flavour and arch: compile each template once
-        key = (id(env), template)
+        key = (env, template)
         if key not in _COMPILED:
             _COMPILED[key] = env.from_string(template)
         return _COMPILED[key].render(**ctx)

@@ -233,8 +233,12 @@ def relock(release: Release, family: Family, catalogues: dict[str, list[Catalogu
     return lock, found
 
 
-def stale_catalogues(catalogues: dict[str, list[Catalogue]], max_age_days: int, now: Optional[float] = None) -> list[str]:
-    """Catalogues older than the release's maximum age: a mirror may be frozen on an old, signed state."""
+def stale_catalogues(catalogues: dict[str, list[Catalogue]], max_age_days: Optional[int],
+                     now: Optional[float] = None) -> list[str]:
+    """Catalogues older than the release's maximum age (none set: none): a mirror may be frozen on an old,
+    signed state."""
+    if not max_age_days:
+        return []
     now = time.time() if now is None else now
     out = []
     for arch, cats in sorted(catalogues.items()):

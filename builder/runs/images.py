@@ -134,14 +134,12 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
     layout = Layout(layout_dir(out, ctx.release.name)).init()
 
     def sink(write):
-        info, digest, size = layout.put_stream(write)
-        if (digest, size) != (info.digest, info.size):
-            raise BuildError(f"layer blob {digest} does not match what the writer hashed ({info.digest})")
-        return info
+        # the writer hashes through the layout's own blob writer: its digest is the blob's name
+        return layout.put_stream(write)[0]
 
     def blob_ok(info: LayerInfo) -> bool:
         # a cache entry is trusted only once the layout's blob is there with exactly its bytes
-        return layout.has_blob(info.digest) and layout.verify_blob(info.digest, info.size)
+        return layout.verify_blob(info.digest, info.size)
 
     cache = LayerCache(ctx.cache.root / "layers", blob_ok) if use_cache else None
 

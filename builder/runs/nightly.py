@@ -62,7 +62,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
     cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
     previous = load_lock(ctx.lock_path)
     fresh = [u.to_json() for u in outdated(previous, cats)] if previous else []
-    stale = stale_catalogues(cats, ctx.release.catalogue_max_age) if ctx.release.catalogue_max_age else []
+    stale = stale_catalogues(cats, ctx.release.catalogue_max_age)
     for s in stale:
         log(f"warning: {s}")
     lock, accepted = relock(ctx.release, ctx.family, cats, previous, opts.allow_downgrade,
