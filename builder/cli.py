@@ -249,7 +249,8 @@ def _build_args(p) -> None:
     _allow_downgrade(p)
     p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="compression threads (default: every core; never changes the bytes)")
+                   help="compression processes (default: one per core; 0: compress in the builder's own "
+                        "process; never changes the bytes)")
     p.add_argument("--no-layer-cache", action="store_true",
                    help="build every layer even when the layer cache has it (the cache never changes the bytes)")
     p.add_argument("--epoch", type=int, default=None,

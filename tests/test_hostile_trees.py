@@ -3,6 +3,7 @@ into files, links that climb out through other links, the root entry,
 duplicate spellings of one path; and a property test that whatever tree a
 package holds, it is refused naming the package and a path, or the layer an
 independent unpacker (umoci) makes of it is exactly the filesystem model."""
+import hashlib
 import io
 import os
 import shutil
@@ -18,12 +19,16 @@ from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem, Node, normalise
 from builder.install.scan import install, scan_package
 from builder.layers.build import tree
-from builder.layers.writer import IdMap, write_layer
+from builder.layers.writer import IdMap, PackageFile, write_layer
 from builder.oci.layout import CONFIG_MT, MANIFEST_MT, Layout
 from tests.buildutil import walk_tree
 from tests.test_install import EPOCH, entry, make_pkg
 
 EVIL = "FreeBSD-evil"
+
+
+def package_file(path: Path) -> PackageFile:
+    return PackageFile(path, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def scan(tmp_path: Path, entries, name: str = EVIL):
@@ -143,7 +148,7 @@ def test_root_entry_never_sets_the_root(tmp_path):
     fs = FileSystem()
     install(fs, scan_package(pkg, EVIL, "amd64", EPOCH))
     assert "/" not in fs.nodes and set(fs.nodes) == {"/bin", "/bin/x"}
-    names = [m.name for m in _layer_members(tmp_path, fs, {EVIL: pkg})]
+    names = [m.name for m in _layer_members(tmp_path, fs, {EVIL: package_file(pkg)})]
     assert names == ["bin", "bin/x"]
     # a root that is not a directory is refused, and the model itself holds no root
     refused(lambda: scan(tmp_path, [entry(".", data=b"x")]), EVIL, "'.'", "names the image root")
@@ -169,15 +174,20 @@ def test_scan_and_write_agree_on_names(tmp_path):
     # one spelling everywhere: the layer holds the scanned bytes at the normalised path
     pkg = make_pkg(tmp_path / "n.pkg", [entry("usr/./x", data=b"whole body"), entry("./usr//y", data=b"y")])
     fs = FileSystem()
-    install(fs, scan_package(pkg, EVIL, "amd64", EPOCH))
+    scanned = scan_package(pkg, EVIL, "amd64", EPOCH)
+    assert scanned.sha256 == package_file(pkg).sha256
+    install(fs, scanned)
     out = io.BytesIO()
-    write_layer(out, list(fs.nodes.values()), [], {EVIL: pkg}, IdMap(None, None), EPOCH, "gzip")
+    as_scanned = {EVIL: PackageFile(pkg, scanned.sha256)}
+    write_layer(out, list(fs.nodes.values()), [], as_scanned, IdMap(None, None), EPOCH, "gzip")
     with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:gz") as tar:
         assert tar.extractfile("usr/x").read() == b"whole body" and tar.extractfile("usr/y").read() == b"y"
-    # and a package whose member no longer matches its scan is refused at write time, not truncated
-    make_pkg(pkg, [entry("usr/./x", data=b"short"), entry("./usr//y", data=b"y")])
-    refused(lambda: write_layer(io.BytesIO(), list(fs.nodes.values()), [], {EVIL: pkg}, IdMap(None, None), EPOCH),
-            EVIL, "/usr/x", "between scan and write")
+    # and a package that is no longer the file scanned is refused at write time, not written from
+    for changed in ([entry("usr/./x", data=b"short"), entry("./usr//y", data=b"y")],     # shorter
+                    [entry("usr/./x", data=b"whole BODY"), entry("./usr//y", data=b"y")]):   # same length
+        make_pkg(pkg, changed)
+        refused(lambda: write_layer(io.BytesIO(), list(fs.nodes.values()), [], as_scanned, IdMap(None, None), EPOCH),
+                EVIL, "/usr/x", "between scan and write")
 
 
 def test_empty_name_is_refused(tmp_path):
@@ -284,7 +294,7 @@ def _stays_inside(root: Path, rel: str) -> None:
 
 def _unpack(umoci: str, work: Path, pkg: Path, fs: FileSystem) -> tuple[Path, list[str]]:
     layout = Layout(work / "oci").init()
-    info, _, _ = layout.put_stream(lambda fh: write_layer(fh, list(fs.nodes.values()), [], {EVIL: pkg},
+    info, _, _ = layout.put_stream(lambda fh: write_layer(fh, list(fs.nodes.values()), [], {EVIL: package_file(pkg)},
                                                           IdMap(None, None), EPOCH, "gzip"))
     config = layout.put_json({"architecture": "amd64", "os": "freebsd", "config": {},
                               "rootfs": {"type": "layers", "diff_ids": [info.diff_id]}}, CONFIG_MT)

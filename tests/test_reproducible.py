@@ -1,6 +1,7 @@
 """Output bytes are a function of the inputs only: golden digests, host libraries swapped, make vs CLI, cores."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -14,7 +15,8 @@ import pytest
 import zstandard
 
 from builder.common import tarutil
-from builder.common.compress import BlockCompressor
+from builder.common.compress import BlockCompressor, Workers
+from builder.errors import BuildError
 from tests import golden
 from tests.buildutil import demo_project
 from tests.conftest import ROOT
@@ -83,14 +85,18 @@ def test_block_compression_is_independent_of_workers():
     data = b"".join(bytes([i % 251]) * (i % 977 + 1) for i in range(20000)) + os.urandom(300000)
     for codec in ("gzip", "zstd"):
         outs = []
-        for workers in (1, 2, 5):
+        for count in (0, 1, 2, 5):
             buf = io.BytesIO()
-            c = BlockCompressor(buf, codec, 6, workers, block=64 << 10)
-            for i in range(0, len(data), 7001):          # writes that straddle block boundaries
-                c.write(data[i:i + 7001])
-            c.finish()
+            with contextlib.ExitStack() as stack:
+                workers = stack.enter_context(Workers(count)) if count else None
+                c = BlockCompressor(buf, codec, 6, workers, block=64 << 10)
+                for i in range(0, len(data), 7001):          # writes that straddle block boundaries
+                    c.write(data[i:i + 7001])
+                c.finish()
+                if workers:
+                    assert len(workers.procs) == count   # the blocks really went to other processes
             outs.append(buf.getvalue())
-        assert outs[0] == outs[1] == outs[2]
+        assert outs[0] == outs[1] == outs[2] == outs[3]
         if codec == "gzip":
             assert gzip.decompress(outs[0]) == data
             assert outs[0].count(golden_header := bytes.fromhex("1f8b0800000000000003")) >= len(data) // (64 << 10)
@@ -99,10 +105,35 @@ def test_block_compression_is_independent_of_workers():
             assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(outs[0]), read_across_frames=True).read() == data
 
 
+def test_a_layers_only_block_starts_no_worker():
+    with Workers(2) as workers:
+        buf = io.BytesIO()
+        c = BlockCompressor(buf, "gzip", 6, workers)
+        c.write(b"x" * 1000)
+        c.finish()
+        assert workers.procs == []
+    assert gzip.decompress(buf.getvalue()) == b"x" * 1000
+
+
+def test_a_dead_compression_worker_fails_the_layer_by_name():
+    with Workers(1) as workers:
+        buf = io.BytesIO()
+        c = BlockCompressor(buf, "gzip", 6, workers, block=1 << 10)
+        c.write(b"a" * 4096)
+        c.finish()
+        workers.procs[0].kill()
+        workers.procs[0].wait()
+        c = BlockCompressor(buf, "gzip", 6, workers, block=1 << 10)
+        with pytest.raises(BuildError, match="compression worker"):
+            c.write(b"b" * 8192)
+            c.finish()
+
+
 def test_empty_layer_is_valid_gzip():
     buf = io.BytesIO()
-    c = BlockCompressor(buf, "gzip", 6, 2)
-    c.finish()
+    with Workers(2) as workers:
+        c = BlockCompressor(buf, "gzip", 6, workers)
+        c.finish()
     assert gzip.decompress(buf.getvalue()) == b""
 
 

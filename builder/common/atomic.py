@@ -24,9 +24,10 @@ class Pending:
         self.fh: BinaryIO = os.fdopen(fd, "w+b")
         self.done = False
 
-    def commit(self, path: Path, mode: int = 0o644) -> Path:
+    def commit(self, path: Path, mode: int = 0o644, durable: bool = True) -> Path:
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        if durable:
+            os.fsync(self.fh.fileno())
         self.fh.close()
         os.chmod(self.path, mode)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -54,13 +55,14 @@ def pending(directory: Path, prefix: str = ".tmp.") -> Iterator[Pending]:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_output(path: Path, mode: int = 0o644, durable: bool = True) -> Iterator[BinaryIO]:
+    """``durable=False`` skips the fsync: for caches, where a file a power cut tore is a miss, never a wrong answer."""
     path = Path(path)
     with pending(path.parent, f".{path.name}.") as p:
         yield p.fh
-        p.commit(path, mode)
+        p.commit(path, mode, durable)
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    with atomic_output(path, mode) as fh:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    with atomic_output(path, mode, durable) as fh:
         fh.write(data)

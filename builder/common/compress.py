@@ -10,8 +10,13 @@ import gzip
 import io
 import lzma
 import collections
+import queue
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
 from typing import BinaryIO, Optional
 
 import deflate
@@ -135,18 +140,146 @@ def versions() -> dict[str, str]:
                     f" via zstandard {zstandard.__version__}"}
 
 
-class BlockCompressor(io.RawIOBase):
-    """``write`` the uncompressed stream, ``finish`` once; compressed blocks reach ``sink`` in order."""
+class Workers:
+    """Compression processes shared by every layer of a build.
 
-    def __init__(self, sink: BinaryIO, codec: str, level: int, workers: int = 1, block: int = BLOCK):
-        self.sink, self.level, self.block = sink, level, block
+    The pinned libdeflate binding holds the GIL while it compresses, so
+    threads cannot compress in parallel; processes can. Each process runs
+    the same ``CODECS`` function on the blocks it is handed over a pipe, so
+    the bytes are the ones an in-process call would give. Processes start on
+    the first block handed over (a build whose layers all come from the cache
+    starts none) and are fed by one thread each, which waits in the pipe's
+    system calls with the GIL released.
+    """
+
+    def __init__(self, count: int):
+        self.count = max(1, count)
+        self.jobs: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.procs: list[subprocess.Popen] = []
+        self.threads: list[threading.Thread] = []
+        self.closed = False
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(self, codec: str, level: int, data: bytes) -> Future:
+        fut: Future = Future()
+        with self.lock:
+            if self.closed:
+                raise BuildError("compression workers already stopped")
+            if not self.procs:
+                self._start()
+            self.jobs.put((fut, codec, level, data))
+        return fut
+
+    def _start(self) -> None:
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        # -I: no PYTHON* variables, no user site; the interpreter (and so the venv's pinned wheels) is ours
+        cmd = [sys.executable, "-I", "-c",
+               f"import sys; sys.path.insert(0, {root!r}); from builder.common.compress import serve; serve()"]
+        for _ in range(self.count):
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            t = threading.Thread(target=self._feed, args=(proc,), daemon=True, name="compress-feed")
+            self.procs.append(proc)
+            self.threads.append(t)
+            t.start()
+
+    def _feed(self, proc: subprocess.Popen) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            fut, codec, level, data = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                proc.stdin.write(_JOB.pack(CODEC_IDS[codec], level, len(data)))
+                proc.stdin.write(data)
+                proc.stdin.flush()
+                head = proc.stdout.read(_OUT.size)
+                if len(head) != _OUT.size:
+                    raise BuildError(f"compression worker exited (code {proc.poll()}) while compressing a block")
+                (n,) = _OUT.unpack(head)
+                if n > len(data) + (len(data) >> 3) + (1 << 16):   # beyond any codec's bound: not our worker
+                    raise BuildError(f"compression worker answered {n} bytes for a {len(data)}-byte block")
+                out = proc.stdout.read(n)
+                if len(out) != n:
+                    raise BuildError(f"compression worker exited (code {proc.poll()}) half-way through a block")
+                fut.set_result(out)
+            except (OSError, ValueError, BuildError) as exc:
+                fut.set_exception(exc if isinstance(exc, BuildError)
+                                  else BuildError(f"compression worker failed: {exc}"))
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        # queued blocks of a failed layer are never compressed
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self.threads:
+            self.jobs.put(None)
+        for t in self.threads:
+            t.join()
+        for proc in self.procs:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass   # a worker that died with input unread: its failure was reported with the block
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+_JOB = struct.Struct("<BBQ")    # codec, level, block length
+_OUT = struct.Struct("<Q")      # compressed length
+CODEC_IDS = {"gzip": 1, "zstd": 2}
+
+
+def serve(stdin: Optional[BinaryIO] = None, stdout: Optional[BinaryIO] = None) -> None:
+    """A compression worker's loop: blocks in, compressed blocks out, until end of input."""
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    fns = {i: CODECS[c] for c, i in CODEC_IDS.items()}
+    while head := stdin.read(_JOB.size):
+        codec, level, n = _JOB.unpack(head)
+        data = stdin.read(n)
+        out = fns[codec](data, level)
+        stdout.write(_OUT.pack(len(out)))
+        stdout.write(out)
+        stdout.flush()
+
+
+class BlockCompressor(io.RawIOBase):
+    """``write`` the uncompressed stream, ``finish`` once; compressed blocks reach ``sink`` in order.
+
+    Blocks go to ``workers`` when there are any, except a layer's only block,
+    which is compressed here: a small layer starts no process.
+    """
+
+    def __init__(self, sink: BinaryIO, codec: str, level: int, workers: Optional[Workers] = None,
+                 block: int = BLOCK):
+        self.sink, self.codec, self.level, self.block = sink, codec, level, block
         self.fn = CODECS[codec]
         self.buf: list[bytes] = []
         self.buffered = 0
         self.queue: collections.deque = collections.deque()
         self.blocks = 0
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers)) if workers > 1 else None
-        self.in_flight = min(MAX_IN_FLIGHT, 2 * max(1, workers))
+        self.workers = workers
+        self.in_flight = min(MAX_IN_FLIGHT, 2 * workers.count) if workers else 1
 
     def writable(self) -> bool:
         return True
@@ -165,28 +298,26 @@ class BlockCompressor(io.RawIOBase):
             self.buffered = len(data) - cut
         return n
 
-    def _submit(self, data: bytes) -> None:
+    def _submit(self, data: bytes, only: bool = False) -> None:
         self.blocks += 1
-        if self.pool is None:
+        if self.workers is None or only:
             self.sink.write(self.fn(data, self.level))
             return
-        self.queue.append(self.pool.submit(self.fn, data, self.level))
+        self.queue.append(self.workers.submit(self.codec, self.level, data))
         while len(self.queue) >= self.in_flight:
             self.sink.write(self.queue.popleft().result())
 
     def finish(self) -> None:
         if self.buffered or not self.blocks:
-            self._submit(b"".join(self.buf))
+            self._submit(b"".join(self.buf), only=not self.blocks)
             self.buf, self.buffered = [], 0
         while self.queue:
             self.sink.write(self.queue.popleft().result())
-        self.close()
 
     def close(self) -> None:
-        """Stop the workers (also when the layer failed half-way and ``finish`` never ran)."""
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
+        """Drop this layer's queued blocks (when it failed half-way and ``finish`` never ran)."""
+        while self.queue:
+            self.queue.popleft().cancel()
 
 
 class Xz:

@@ -25,3 +25,25 @@ class HashingWriter(io.RawIOBase):
     @property
     def digest(self) -> str:
         return "sha256:" + self.h.hexdigest()
+
+
+class HashingReader(io.RawIOBase):
+    """Hashes what is read through it; ``finish`` reads the rest, so the digest covers the whole file."""
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+        self.h = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.source.read(len(b))
+        self.h.update(data)
+        b[:len(data)] = data
+        return len(data)
+
+    def finish(self) -> str:
+        while chunk := self.source.read(1 << 20):
+            self.h.update(chunk)
+        return self.h.hexdigest()

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from typing import TYPE_CHECKING
 
 from builder.errors import BuildError
 
@@ -22,7 +20,9 @@ UNTRUSTED_DIRS = {"/usr/share/certs/untrusted": "/etc/ssl/untrusted",
                   "/usr/share/certs/blacklisted": "/etc/ssl/blacklisted",
                   "/usr/local/etc/ssl/blacklisted": "/etc/ssl/blacklisted"}
 CERT_SUFFIXES = (".pem", ".crt", ".cer")
-_SHA256 = hashes.SHA256()
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 def _der_len(n: int) -> bytes:
@@ -76,7 +76,13 @@ def subject_hash(cert: x509.Certificate) -> str:
     return f"{int.from_bytes(digest[:4], 'little'):08x}"
 
 
+def _fingerprint(cert: "x509.Certificate") -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    return cert.fingerprint(hashes.SHA256())
+
+
 def load_cert(data: bytes, where: str) -> x509.Certificate:
+    from cryptography import x509   # here: only an image with certificates needs it
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificate(data)
@@ -111,12 +117,12 @@ def rehash(certs: dict[str, bytes]) -> list[Link]:
     for src, dest in UNTRUSTED_DIRS.items():
         for path in sorted(p for p in certs if posixpath.dirname(p) == src and p.endswith(CERT_SUFFIXES)):
             cert = load_cert(certs[path], path)
-            untrusted_fps.add(cert.fingerprint(_SHA256))
+            untrusted_fps.add(_fingerprint(cert))
             add(dest, path, cert)
     for src in TRUSTED_DIRS:
         for path in sorted(p for p in certs if posixpath.dirname(p) == src and p.endswith(CERT_SUFFIXES)):
             cert = load_cert(certs[path], path)
-            if cert.fingerprint(_SHA256) in untrusted_fps:
+            if _fingerprint(cert) in untrusted_fps:
                 continue
             add("/etc/ssl/certs", path, cert)
     return sorted(links, key=lambda l: l.path)

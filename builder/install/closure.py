@@ -203,6 +203,7 @@ def check(fs: FileSystem, where: str, *, static: bool = False, accept: Iterable[
 
     hints = hint_dirs(fs, read)
     misses: list[Miss] = []
+    looked_up: dict[tuple[str, tuple[str, ...]], tuple[Optional[str], str]] = {}
     for path, node, info in elves:
         if info.interp is not None:
             hit = resolve(fs, info.interp)
@@ -219,7 +220,10 @@ def check(fs: FileSystem, where: str, *, static: bool = False, accept: Iterable[
                     misses.append(Miss(path, origin(node), name, "library", f"no file {target}"))
                 continue
             searched = own + hints + [d for d in STANDARD_LIBRARY_PATH if d not in hints]
-            hit, why = _find(fs, name, searched)
+            key = (name, tuple(searched))
+            if key not in looked_up:   # most files need the same few libraries from the same places
+                looked_up[key] = _find(fs, name, searched)
+            hit, why = looked_up[key]
             if hit is None:
                 misses.append(Miss(path, origin(node), name, "library", why or "not in " + ":".join(searched)))
 

@@ -29,6 +29,9 @@ class Node:
     source: str = ""            # "pkg:<name>" | "generated" | "skeleton"
     data: Optional[bytes] = field(default=None, compare=False, repr=False)  # generated content
     elf: Optional[ElfInfo] = field(default=None, compare=False, repr=False)  # what the dynamic linker reads
+    # where a package file's bytes start in its package's uncompressed tar: the layer writer reads them
+    # there, with no second parse of the archive (-1: not from a package)
+    offset: int = field(default=-1, compare=False, repr=False)
 
     def same_as(self, other: "Node") -> bool:
         keys = ("kind", "mode", "uname", "gname", "mtime", "sha256", "target")

@@ -2,8 +2,9 @@
 
 Payload entries are joined to their manifest metadata (config files,
 directories, sums, 2.8-style per-file owner/mode). Nothing is unpacked to disk.
-Member names become paths in one place, payload_path, which the layer
-writer uses too when it reads the bytes back.
+Member names become paths in one place, payload_path; each entry also
+carries where its data starts in the uncompressed archive, where the layer
+writer reads the bytes back without parsing the archive again.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ class Entry:
     sum: Optional[str]   # manifest sum (typed), None for directories
     config: bool
     member: str = ""     # the archive member name as written, for messages
+    offset: int = -1     # where the member's data starts in the uncompressed archive
 
 
 METADATA = ("+COMPACT_MANIFEST", "+MANIFEST")
@@ -82,11 +84,10 @@ METADATA = ("+COMPACT_MANIFEST", "+MANIFEST")
 def payload_path(member: tarfile.TarInfo, what: str) -> Optional[str]:
     """The path a payload member installs to, or None for package metadata (+MANIFEST, +DISPLAY...).
 
-    The only place a member name becomes a path: the scan (through
-    PackageReader) and the layer writer's read-back both use it, so they
-    cannot disagree about which member an entry is ('a/./b' and 'a/b' are
-    one path, and the scan refuses the second). Refuses what normalise
-    refuses; the root comes back as '/' for the caller to judge.
+    The only place a member name becomes a path, so an entry is known by one
+    name ('a/./b' and 'a/b' are one path, and the scan refuses the second).
+    Refuses what normalise refuses; the root comes back as '/' for the
+    caller to judge.
     """
     if member.name.startswith("+"):
         return None
@@ -169,7 +170,8 @@ class PackageReader:
             entry = Entry(path=path, kind=kind, mode=member.mode & 0o7777,
                           uname=member.uname or "root", gname=member.gname or "wheel",
                           mtime=int(member.mtime), size=member.size if kind == "file" else 0,
-                          target=target, sum=sum_, config=path in config, member=member.name)
+                          target=target, sum=sum_, config=path in config, member=member.name,
+                          offset=member.offset_data)
             yield entry, (tar.extractfile(member) if kind == "file" else None)
         if not self.manifest:
             raise BuildError(f"{self.what}: no +MANIFEST in package")

@@ -26,6 +26,7 @@ from builder.install import elf
 from builder.install.fsmodel import FileSystem, Node, check_symlink
 from builder.install.pkgfile import PackageReader
 from builder.common.compress import Limit
+from builder.common.hashing import HashingReader
 
 BOMB_SLACK = 4 << 20  # tar headers and padding on top of flatsize
 
@@ -37,6 +38,7 @@ class ScannedPackage:
     manifest: dict
     nodes: list[Node] = field(default_factory=list)
     config: dict[str, bytes] = field(default_factory=dict)   # config file contents, for the pkg database
+    sha256: str = ""     # of the package file scanned: the layer writer reads exactly these bytes back
 
 
 def check_elf(head: bytes, arch: str, what: str, path: str) -> None:
@@ -55,7 +57,8 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
     out = ScannedPackage(name, Path(pkg_path), {})
     seen: dict[str, Node] = {}
     again: dict[str, tuple[int, list]] = {}   # ELF files to read once more: path -> (size, regions)
-    with open(pkg_path, "rb") as fh:
+    with open(pkg_path, "rb") as raw:
+        fh = HashingReader(raw)
         pkg_reader = PackageReader(fh, what, limit)
         for entry, stream in pkg_reader.entries():
             if limit.value is None:
@@ -98,7 +101,7 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                     if info is None:
                         again[path] = (entry.size, reader.regions)
                 node = Node(path, "file", entry.mode, entry.uname, entry.gname, mtime, size, h.hexdigest(),
-                            owner=name, source=f"pkg:{name}", elf=info)
+                            owner=name, source=f"pkg:{name}", elf=info, offset=entry.offset)
             elif entry.kind == "dir":
                 node = Node(path, "dir", entry.mode, entry.uname, entry.gname, mtime, owner=name, source=f"pkg:{name}")
             elif entry.kind == "symlink":
@@ -113,12 +116,13 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                     raise BuildError(f"{what}: refusing hard link {path} -> {entry.target}: "
                                      "target is not a file earlier in this package (escapes the package)")
                 node = Node(path, "hardlink", src.mode, src.uname, src.gname, src.mtime, src.size, src.sha256,
-                            target=target, owner=name, source=f"pkg:{name}", elf=src.elf)
+                            target=target, owner=name, source=f"pkg:{name}", elf=src.elf, offset=src.offset)
             else:
                 raise BuildError(f"{what}: refusing {entry.kind} entry {path}: device nodes and special files are not installed")
             seen[path] = node
             out.nodes.append(node)
         out.manifest = pkg_reader.manifest
+        out.sha256 = fh.finish()
     if again:
         found = _read_again(pkg_path, what, limit, again)
         out.nodes = [replace(n, elf=found[n.target if n.kind == "hardlink" else n.path])
@@ -168,6 +172,8 @@ def read_member(pkg_path: Path, name: str, wanted: set[str]) -> dict[str, bytes]
         for entry, stream in PackageReader(fh, f"package {name}").entries():
             if entry.path in wanted and stream is not None:
                 out[entry.path] = stream.read()
+                if len(out) == len(wanted):
+                    break   # the scan already refused duplicates: nothing later can differ
     missing = wanted - set(out)
     if missing:
         raise BuildError(f"package {name}: has no file {', '.join(sorted(missing))}")

@@ -23,7 +23,7 @@ from builder.config.release import Release
 from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem, Node, delta
 from builder.install.scan import ScannedPackage, install, read_member, scan_package
-from builder.layers.writer import IdMap, LayerInfo, write_layer
+from builder.layers.writer import IdMap, LayerInfo, PackageFile, write_layer
 from builder.resolve.lock import ArchLock
 from builder.install.pkgdb import Registration, build_pkgdb, writer_version
 from builder.layers.cache import SCAN_ENTRY, LayerCache, ScanCache, layer_key
@@ -41,7 +41,6 @@ class BuildOptions:
     epoch: int
     compression: str = "gzip"     # gzip | zstd
     squash: bool = False          # one layer per image instead of one per flavour
-    workers: int = 1              # compression threads: speed only, never the bytes
 
 
 @dataclass
@@ -65,10 +64,18 @@ class FlavourResult:
 
 
 class _Contents:
-    """Small file contents from packages or generated nodes, one package pass per request."""
+    """Small file contents from packages or generated nodes.
 
-    def __init__(self, package_path: Callable[[str], Path]):
+    A package's config files come from its scan (which keeps them for the
+    pkg database); any other member is read in one pass over its package per
+    request, and remembered: every flavour's post-install work asks for the
+    same files (master.passwd, the CA certificates) again.
+    """
+
+    def __init__(self, package_path: Callable[[str], Path], scanned: Callable[[str], ScannedPackage]):
         self.package_path = package_path
+        self.scanned = scanned
+        self.seen: dict[tuple[str, str], bytes] = {}
 
     def read(self, fs: FileSystem, paths: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -78,12 +85,18 @@ class _Contents:
             if node.data is not None:
                 out[p] = node.data
             elif node.source.startswith("pkg:"):
-                member = node.target if node.kind == "hardlink" else node.path
-                per_pkg.setdefault(node.source[4:], {})[member] = p
+                pkg, member = node.source[4:], node.target if node.kind == "hardlink" else node.path
+                got = self.seen.get((pkg, member))
+                if got is None:
+                    got = self.scanned(pkg).config.get(member)
+                if got is not None:
+                    out[p] = got
+                else:
+                    per_pkg.setdefault(pkg, {})[member] = p
         for pkg, members in sorted(per_pkg.items()):
             got = read_member(self.package_path(pkg), pkg, set(members))
             for member, p in members.items():
-                out[p] = got[member]
+                out[p] = self.seen[(pkg, member)] = got[member]
         return out
 
 
@@ -253,14 +266,16 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
                opts: BuildOptions, sink: BlobSink, flavours: Optional[list[str]] = None,
                repo_names: Optional[dict[str, str]] = None,
                warn: Callable[[str], None] = _warn, cache: Optional[LayerCache] = None,
-               scans_cache: Optional[ScanCache] = None) -> dict[str, FlavourResult]:
+               scans_cache: Optional[ScanCache] = None,
+               workers: Optional[compress.Workers] = None) -> dict[str, FlavourResult]:
     """Every flavour (or those named, with their ancestors) for one arch.
 
     ``release`` must be the release as declared (not re-rooted on a mirror):
     its URLs are written into the image. ``packages`` may be a function that
     fetches the named packages: a package is fetched only when its bytes are
     needed (a layer to write, a file to read), never for a layer in ``cache``
-    or for a scan in ``scans_cache``.
+    or for a scan in ``scans_cache``. ``workers`` compress the layers' blocks
+    (speed only, never the bytes).
     """
     epoch = opts.epoch
     wanted = family.names
@@ -281,7 +296,6 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         fetch([name])
         return fetched[name]
 
-    contents = _Contents(package_path)
     scans: dict[str, ScannedPackage] = {}
 
     def scanned(name: str) -> ScannedPackage:
@@ -295,6 +309,8 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
                     scans_cache.put(key, got)
             scans[name] = got
         return scans[name]
+
+    contents = _Contents(package_path, scanned)
 
     def providers() -> dict[str, list[str]]:
         # Only on failure: scanning the whole lock costs a pass over packages no flavour may need.
@@ -338,6 +354,24 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
     fetch(sorted({n for f in wanted if not hits.get(f) for n in lock.flavours[f]["packages"]
                   if n in lock.packages}))
 
+    def reuse(fname: str, hit: dict, fs: Optional[FileSystem]) -> FlavourResult:
+        """A flavour whose layer the cache holds; ``fs`` only when a flavour built on it needs it."""
+        fl = family.resolve(fname)
+        parent = family.flavours[fname].parent
+        prev = results[parent] if parent else None
+        links = closure.Closure.from_json(hit["closure"]) if hit.get("closure") else None
+        for miss, reason in links.accepted if links else ():
+            warn(f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname}): {miss.elf} "
+                 f"({miss.package}) needs {miss.kind} {miss.soname}; accepted in families.yaml: {reason}")
+        base_layers = [] if opts.squash or prev is None else list(prev.layers)
+        base_history = [] if opts.squash or prev is None else list(prev.history)
+        return FlavourResult(
+            flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [hit["layer"]],
+            history=base_history + [hit["history"]], installed=hit["installed"], added=hit["added"],
+            version=version, config=fl.config, description=fl.description,
+            versions={n: lock.packages[n].version for n in hit["installed"]}, closure=links, reused=True,
+            manifests=hit.get("manifests") or {})
+
     for fname in wanted:
         fl = family.resolve(fname)
         parent = family.flavours[fname].parent
@@ -345,18 +379,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         entry = lock.flavours[fname]
         hit = hits.get(fname)
         if fname not in need_fs:
-            links = closure.Closure.from_json(hit["closure"]) if hit.get("closure") else None
-            for miss, reason in links.accepted if links else ():
-                warn(f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname}): {miss.elf} "
-                     f"({miss.package}) needs {miss.kind} {miss.soname}; accepted in families.yaml: {reason}")
-            base_layers = [] if opts.squash or prev is None else list(prev.layers)
-            base_history = [] if opts.squash or prev is None else list(prev.history)
-            results[fname] = FlavourResult(
-                flavour=fname, parent=parent, arch=arch, fs=None, layers=base_layers + [hit["layer"]],
-                history=base_history + [hit["history"]], installed=hit["installed"], added=hit["added"],
-                version=version, config=fl.config, description=fl.description,
-                versions={n: lock.packages[n].version for n in hit["installed"]}, closure=links, reused=True,
-                manifests=hit.get("manifests") or {})
+            results[fname] = reuse(fname, hit, None)
             continue
         fs = prev.fs.copy() if prev else FileSystem()
         names = list(entry["packages"])
@@ -383,7 +406,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
             fs.remove(r)
         _post_install(fs, actions, contents, epoch)
         fs.verify(f"flavour {fname}")
-        untrusted = pkgconf.problems(fs, lambda paths: contents.read(fs, paths))
+        untrusted = [] if hit else pkgconf.problems(fs, lambda paths: contents.read(fs, paths))
         if untrusted:
             raise BuildError(f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname}): pkg's "
                              "configuration names trust roots the image does not have:\n  " + "\n  ".join(untrusted)
@@ -398,6 +421,11 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         if regs:
             db = build_pkgdb(regs, epoch, release.pkgdb_user_version)
             fs.add(_generated(PKGDB_PATH, db, 0o644, epoch, "pkg"), "pkg", allow_replace=True)
+        if hit:
+            # Its layer is cached: the filesystem was rebuilt only for the flavours built on it,
+            # and the checks below passed when the layer was built (the entry holds their results).
+            results[fname] = reuse(fname, hit, fs)
+            continue
 
         where = f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname})"
         links, unused = closure.check(fs, where, static=fl.static, accept=fl.accept_missing,
@@ -425,21 +453,18 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
             nodes, whiteouts = delta(prev.fs, fs)
             base_layers, base_history = list(prev.layers), list(prev.history)
         described = {n: _describe(scanned(n).manifest) for n in sorted(names)}
-        if hit:
-            info = hit["layer"]
-        else:
-            # only the packages whose bytes go into this layer
-            pkg_paths = {n: package_path(n) for n in sorted({x.source[4:] for x in nodes if x.source.startswith("pkg:")})}
-            info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression,
-                                               opts.workers))
-            if cache:
-                cache.put(keys[fname], info, history=history_line, installed=sorted(names), added=added,
-                          closure=links.to_json(), manifests=described)
+        # only the packages whose bytes go into this layer
+        pkg_paths = {n: PackageFile(package_path(n), scanned(n).sha256)
+                     for n in sorted({x.source[4:] for x in nodes if x.source.startswith("pkg:")})}
+        info = sink(lambda fh: write_layer(fh, nodes, whiteouts, pkg_paths, ids, epoch, opts.compression, workers))
+        if cache:
+            cache.put(keys[fname], info, history=history_line, installed=sorted(names), added=added,
+                      closure=links.to_json(), manifests=described)
         results[fname] = FlavourResult(
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,
             config=fl.config, description=fl.description,
-            versions={n: lock.packages[n].version for n in names}, closure=links, reused=bool(hit),
+            versions={n: lock.packages[n].version for n in names}, closure=links, reused=False,
             manifests=described)
     return results
 

@@ -30,9 +30,9 @@ from builder.layers.writer import LayerInfo
 
 MAX_ENTRY = 1 << 20
 REQUIRED = ("history", "installed", "added", "closure", "manifests")
-MAX_SCAN_ENTRY = 256 << 20
+MAX_SCAN_ENTRY = 356 << 20
 # Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
-SCAN_ENTRY = 2
+SCAN_ENTRY = 3
 
 
 def _plain(value: Any) -> Any:
@@ -94,12 +94,13 @@ class LayerCache:
 
     def put(self, key: str, info: LayerInfo, **extra: Any) -> None:
         doc = {"key": key, "layer": dataclasses.asdict(info), **extra}
-        atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode())
+        # not fsynced: a torn entry fails to parse or to match its blob, and is a miss
+        atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode(), durable=False)
 
 
 def _node_doc(n) -> list:
     return [n.path, n.kind, n.mode, n.uname, n.gname, n.mtime, n.size, n.sha256, n.target, n.owner, n.source,
-            dataclasses.asdict(n.elf) if n.elf is not None else None]
+            dict(vars(n.elf)) if n.elf is not None else None, n.offset]
 
 
 class ScanCache:
@@ -132,15 +133,16 @@ class ScanCache:
             for n in doc["nodes"]:
                 elf = ElfInfo(**{**n[11], "needed": tuple(n[11]["needed"]), "rpath": tuple(n[11]["rpath"]),
                                  "runpath": tuple(n[11]["runpath"])}) if n[11] else None
-                nodes.append(Node(*n[:11], elf=elf))
+                nodes.append(Node(*n[:11], elf=elf, offset=n[12]))
             config = {p: base64.b64decode(v) for p, v in doc["config"].items()}
-            return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config)
+            return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config, doc["sha256"])
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
     def put(self, key: str, scanned) -> None:
-        doc = {"key": key, "name": scanned.name, "path": str(scanned.path), "manifest": scanned.manifest,
+        doc = {"key": key, "name": scanned.name, "path": str(scanned.path), "sha256": scanned.sha256,
+               "manifest": scanned.manifest,
                "nodes": [_node_doc(n) for n in scanned.nodes],
                "config": {p: base64.b64encode(v).decode() for p, v in sorted(scanned.config.items())}}
         # key order kept: the manifest's order is the order pkg registers its files in local.sqlite
-        atomic_write_bytes(self._path(key), json.dumps(doc).encode())
+        atomic_write_bytes(self._path(key), json.dumps(doc).encode(), durable=False)

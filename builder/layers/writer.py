@@ -8,24 +8,24 @@ order. The uncompressed stream's sha256 is the diff_id, the compressed
 one's the blob digest.
 
 Package contents are read back in sorted order from a decompressed spool of
-each package (a temporary uncompressed tar, deleted after the layer), so
-memory stays flat however large the layer is.
+each package (a temporary uncompressed tar, deleted after the layer), at the
+offsets the scan recorded, so memory stays flat however large the layer is
+and no archive is parsed twice.
 """
 from __future__ import annotations
 
-import tarfile
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, NamedTuple, Optional
 
 
 from builder.common import tarutil
 from builder.errors import BuildError
 from builder.install.fsmodel import Node, normalise
-from builder.install.pkgfile import payload_path
-from builder.common.compress import BlockCompressor, decompressing
-from builder.common.hashing import HashingWriter
+from builder.common.compress import BlockCompressor, Workers, decompressing
+from builder.common.hashing import HashingReader, HashingWriter
 
 LEVELS = {"gzip": 6, "zstd": 9}
 MEDIA_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -71,51 +71,73 @@ class IdMap:
         return self.groups.get(name, 0)
 
 
+class _Slice:
+    """``size`` bytes of a file from ``offset``, read with pread (no shared file position)."""
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.pos, self.left = fd, offset, size
+
+    def read(self, n: int) -> bytes:
+        data = os.pread(self.fd, min(n, self.left), self.pos)
+        self.pos += len(data)
+        self.left -= len(data)
+        return data
+
+
+class PackageFile(NamedTuple):
+    path: Path
+    sha256: str     # of the file as scanned: the offsets in its nodes are offsets in these bytes
+
+
 class _PackageSpool:
-    """Each package decompressed once into a temporary tar, read back by member name."""
+    """Each package decompressed once into a temporary file, its files read where the scan found them.
 
-    def __init__(self, packages: dict[str, Path]):
+    Only the head of a package up to the last byte this layer needs is
+    decompressed: that is also the most any package can make it write. The
+    whole file is hashed on the way and must be the file that was scanned.
+    """
+
+    def __init__(self, packages: dict[str, PackageFile], nodes: list[Node]):
         self.packages = packages
-        self.open: dict[str, tuple[BinaryIO, dict[str, tarfile.TarInfo], tarfile.TarFile]] = {}
+        self.need: dict[str, int] = {}
+        for n in nodes:
+            if n.source.startswith("pkg:") and n.kind in ("file", "hardlink"):
+                pkg = n.source[4:]
+                if n.offset < 0:
+                    raise BuildError(f"package {pkg}: {n.path} has no place in its package (not from a scan)")
+                self.need[pkg] = max(self.need.get(pkg, 0), n.offset + n.size)
+        self.open: dict[str, BinaryIO] = {}
 
-    def read(self, pkg: str, path: str, size: int) -> BinaryIO:
+    def read(self, pkg: str, node: Node) -> _Slice:
         if pkg not in self.open:
             tmp = tempfile.TemporaryFile()
-            with open(self.packages[pkg], "rb") as fh:
-                stream, _ = decompressing(fh, pkg)
-                while chunk := stream.read(1 << 20):
+            self.open[pkg] = tmp
+            left = self.need[pkg]
+            with open(self.packages[pkg].path, "rb") as raw:
+                fh = HashingReader(raw)
+                stream, _ = decompressing(fh, f"package {pkg}")
+                while left and (chunk := stream.read(min(left, 1 << 20))):
                     tmp.write(chunk)
-            tmp.seek(0)
-            tar = tarfile.open(fileobj=tmp, mode="r:")
-            members: dict[str, Optional[tarfile.TarInfo]] = {}
-            for m in tar.getmembers():
-                try:
-                    key = payload_path(m, f"package {pkg}")
-                except BuildError:
-                    continue   # refused by the scan; never asked for
-                if key is not None:
-                    members[key] = None if key in members else m   # None: ambiguous
-            self.open[pkg] = (tmp, members, tar)
-        _, members, tar = self.open[pkg]
-        m = members.get(path)
-        if m is None or not m.isfile() or m.size != size:
-            raise BuildError(f"package {pkg}: {path} vanished, changed or became ambiguous between scan and write")
-        return tar.extractfile(m)
+                    left -= len(chunk)
+                if fh.finish() != self.packages[pkg].sha256 or left:
+                    raise BuildError(f"package {pkg}: changed between scan and write (at {node.path} or before): "
+                                     "refusing to write bytes that were not scanned")
+            tmp.flush()
+        return _Slice(self.open[pkg].fileno(), node.offset, node.size)
 
     def close(self) -> None:
-        for tmp, _, tar in self.open.values():
-            tar.close()
+        for tmp in self.open.values():
             tmp.close()
         self.open.clear()
 
 
-def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages: dict[str, Path],
-                ids: IdMap, epoch: int, compression: str = "gzip", workers: int = 1) -> LayerInfo:
+def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages: dict[str, PackageFile],
+                ids: IdMap, epoch: int, compression: str = "gzip", workers: Optional[Workers] = None) -> LayerInfo:
     # the layout's blob writer already hashes what it stores: hash the compressed bytes once
     compressed = out if isinstance(out, HashingWriter) else HashingWriter(out)
     comp = BlockCompressor(compressed, compression, LEVELS[compression], workers)
     plain = HashingWriter(comp)
-    spool = _PackageSpool(packages)
+    spool = _PackageSpool(packages, nodes)
     entries: list[tuple[tuple[str, ...], str, Optional[Node]]] = [(sort_key(n.path), n.path, n) for n in nodes]
     for w in whiteouts:
         parent, _, base = w.rpartition("/")
@@ -157,8 +179,7 @@ def write_layer(out: BinaryIO, nodes: list[Node], whiteouts: list[str], packages
                     if node.data is not None:
                         tar.addfile(ti, node.data)
                     else:
-                        src_path = node.target if node.kind == "hardlink" else node.path
-                        tar.addfile(ti, spool.read(node.source[4:], src_path, node.size))
+                        tar.addfile(ti, spool.read(node.source[4:], node))
         comp.finish()
     finally:
         comp.close()

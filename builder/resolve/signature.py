@@ -12,10 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from builder.errors import BuildError
 from builder.resolve import ucl
 
@@ -43,6 +39,10 @@ def load_fingerprints(directory: Path) -> list[Fingerprint]:
 
 
 def _verify_rsa(pem: bytes, signature: bytes, catalogue_sha256: str, what: str, key_name: str) -> None:
+    # imported here: a build whose lock needs no catalogue never loads cryptography
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
     try:
         key = serialization.load_pem_public_key(pem)
     except ValueError as exc:

@@ -5,6 +5,7 @@ config, manifests and indexes -> refs in the layout's index.json (last).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from builder.common import compress
 from builder.layers.build import BuildOptions, FlavourResult, build_arch
 from builder.runs.context import Context, epoch_override
 from builder.errors import BuildError
@@ -122,7 +124,7 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
     if epoch_source != "the lock":
         log(f"{ctx.release.name}: SOURCE_DATE_EPOCH {epoch} from {epoch_source} overrides the lock's "
             f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
-    opts = BuildOptions(epoch=epoch, compression=compression, squash=squash, workers=workers)
+    opts = BuildOptions(epoch=epoch, compression=compression, squash=squash)
     build_env = oci.build_environment(compression)
     # Names and tags are checked before any byte is written: the version in them is package data.
     for arch in ctx.arches:
@@ -159,17 +161,19 @@ def build_release(ctx: Context, lock: Lock, out: Path, flavours: Optional[list[s
             return paths
 
         res = build_arch(family, declared, arch, lock.arches[arch], packages, opts, sink, flavours, warn=warn,
-                         cache=cache, scans_cache=ScanCache(ctx.cache.root / "scans") if use_cache else None)
+                         cache=cache, scans_cache=ScanCache(ctx.cache.root / "scans") if use_cache else None,
+                         workers=compressors)
         for fname, r in res.items():
             log(f"{ctx.release.name}/{arch}: {fname} layer {r.layers[-1].digest[:19]} "
                 f"{'reused from the layer cache' if r.reused else 'built'}")
         return arch, res
 
-    if jobs <= 1:
-        results = dict(map(one, ctx.arches))
-    else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = dict(pool.map(one, ctx.arches))
+    with compress.Workers(workers) if workers > 0 else contextlib.nullcontext() as compressors:
+        if jobs <= 1:
+            results = dict(map(one, ctx.arches))
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                results = dict(pool.map(one, ctx.arches))
 
     images: list[BuiltImage] = []
     by_key: dict[tuple[str, str], BuiltImage] = {}
