@@ -178,9 +178,11 @@ class Workers:
 
     def _start(self) -> None:
         root = str(Path(__file__).resolve().parent.parent.parent)
-        # -I: no PYTHON* variables, no user site; the interpreter (and so the venv's pinned wheels) is ours
-        cmd = [sys.executable, "-I", "-c",
-               f"import sys; sys.path.insert(0, {root!r}); from builder.common.compress import serve; serve()"]
+        # The same interpreter and the same import path: the worker loads the very modules
+        # (the pinned deflate and zstandard) this process compresses with.
+        path = [root] + [p for p in sys.path if p != root]
+        cmd = [sys.executable, "-c",
+               f"import sys; sys.path[:] = {path!r}; from builder.common.compress import serve; serve()"]
         for _ in range(self.count):
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             t = threading.Thread(target=self._feed, args=(proc,), daemon=True, name="compress-feed")
