@@ -22,7 +22,7 @@ from builder.layers.build import tree
 from builder.layers.writer import IdMap, PackageFile, write_layer
 from builder.oci.layout import CONFIG_MT, MANIFEST_MT, Layout
 from tests.buildutil import walk_tree
-from tests.test_install import EPOCH, entry, make_pkg
+from tests.test_install import EPOCH, elf, entry, make_pkg
 
 EVIL = "FreeBSD-evil"
 
@@ -188,6 +188,15 @@ def test_scan_and_write_agree_on_names(tmp_path):
         make_pkg(pkg, changed)
         refused(lambda: write_layer(io.BytesIO(), list(fs.nodes.values()), [], as_scanned, IdMap(None, None), EPOCH),
                 EVIL, "/usr/x", "between scan and write")
+
+
+def test_sparse_member_is_refused(tmp_path):
+    # tarfile gives a sparse member its expanded size but its packed data's offset: the scan would
+    # check the expanded bytes while the layer writer copied the packed ones (and whatever follows)
+    ti, data = entry("bin/ls", data=elf(183))
+    ti.pax_headers = {"GNU.sparse.map": f"4096,{len(data)}", "GNU.sparse.size": str(4096 + len(data))}
+    refused(lambda: scan(tmp_path, [(ti, data), entry("bin/sh", data=b"#!/bin/sh\n")]),
+            EVIL, "/bin/ls", "sparse")
 
 
 def test_empty_name_is_refused(tmp_path):

@@ -446,3 +446,29 @@ def test_mtime_clamped_to_epoch(tmp_path):
     sp = scan_package(make_pkg(tmp_path / "t.pkg", [(ti, data)]), "FreeBSD-evil", "amd64", EPOCH)
     assert sp.nodes[0].mtime == EPOCH
     assert hashlib.sha256(b"x").hexdigest() == sp.nodes[0].sha256
+
+
+def test_post_install_reads_every_path_of_a_hard_linked_file_the_same_on_every_call(tmp_path):
+    # the certctl step asks for both names of a hard-linked certificate; what it gets must not
+    # depend on whether an earlier flavour of the same build asked first
+    from builder.install.fsmodel import FileSystem
+    from builder.install.scan import install
+    from builder.layers.build import _Contents
+    pkg = make_pkg(tmp_path / "c.pkg", [entry("usr/share/certs/trusted/a.pem", data=b"CERT"),
+                                        entry("usr/share/certs/trusted/b.pem", tarfile.LNKTYPE,
+                                              linkname="usr/share/certs/trusted/a.pem")])
+    sp = scan_package(pkg, "FreeBSD-evil", "amd64", EPOCH)
+    fs = FileSystem()
+    install(fs, sp)
+    contents = _Contents(lambda name: pkg, lambda name: sp)
+    paths = ["/usr/share/certs/trusted/a.pem", "/usr/share/certs/trusted/b.pem"]
+    first, second = contents.read(fs, paths), contents.read(fs, paths)
+    assert first == second == {p: b"CERT" for p in paths}
+
+
+def test_a_file_read_whole_is_bounded(tmp_path, monkeypatch):
+    from builder.install import scan
+    pkg = make_pkg(tmp_path / "p.pkg", [entry("etc/master.passwd", data=b"x" * 100)])
+    monkeypatch.setattr(scan, "MAX_MEMBER", 64)
+    with pytest.raises(BuildError, match=r"package FreeBSD-evil: /etc/master.passwd is 100 bytes, over the 64"):
+        scan.read_member(pkg, "FreeBSD-evil", {"/etc/master.passwd"})

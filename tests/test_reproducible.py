@@ -129,6 +129,12 @@ def test_a_dead_compression_worker_fails_the_layer_by_name():
             c.finish()
 
 
+def test_a_block_a_worker_cannot_take_fails_instead_of_hanging():
+    with Workers(1) as workers:
+        with pytest.raises(BuildError, match="compression worker failed"):
+            workers.submit("gzip", 300, b"x").result(timeout=60)   # no level fits the pipe's one byte
+
+
 def test_empty_layer_is_valid_gzip():
     buf = io.BytesIO()
     with Workers(2) as workers:

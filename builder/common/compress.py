@@ -11,6 +11,7 @@ import io
 import lzma
 import collections
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -153,7 +154,8 @@ class Workers:
     """
 
     def __init__(self, count: int):
-        self.count = max(1, count)
+        # never more processes than blocks a layer keeps in flight, however many cores the host has
+        self.count = max(1, min(count, MAX_IN_FLIGHT // 2))
         self.jobs: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
         self.procs: list[subprocess.Popen] = []
@@ -181,7 +183,8 @@ class Workers:
         # The same interpreter and the same import path: the worker loads the very modules
         # (the pinned deflate and zstandard) this process compresses with.
         path = [root] + [p for p in sys.path if p != root]
-        cmd = [sys.executable, "-c",
+        # -I -S: no environment, no site hooks; the path below is the whole import path
+        cmd = [sys.executable, "-I", "-S", "-c",
                f"import sys; sys.path[:] = {path!r}; from builder.common.compress import serve; serve()"]
         for _ in range(self.count):
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -212,9 +215,9 @@ class Workers:
                 if len(out) != n:
                     raise BuildError(f"compression worker exited (code {proc.poll()}) half-way through a block")
                 fut.set_result(out)
-            except (OSError, ValueError, BuildError) as exc:
+            except BaseException as exc:   # whatever it is, the layer waiting on this block must hear of it
                 fut.set_exception(exc if isinstance(exc, BuildError)
-                                  else BuildError(f"compression worker failed: {exc}"))
+                                  else BuildError(f"compression worker failed: {type(exc).__name__}: {exc}"))
 
     def close(self) -> None:
         with self.lock:
@@ -253,6 +256,8 @@ CODEC_IDS = {"gzip": 1, "zstd": 2}
 
 def serve(stdin: Optional[BinaryIO] = None, stdout: Optional[BinaryIO] = None) -> None:
     """A compression worker's loop: blocks in, compressed blocks out, until end of input."""
+    # Ctrl-C reaches the whole process group: the builder handles it, and closing our input ends us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     fns = {i: CODECS[c] for c, i in CODEC_IDS.items()}

@@ -163,6 +163,10 @@ class PackageReader:
                 raise BuildError(f"{self.what}: payload entry {member.name} before +MANIFEST")
             meta = files.get(path)
             sum_ = meta.get("sum") if isinstance(meta, dict) else meta
+            if member.issparse():
+                # its data is not `size` bytes where the archive puts it; pkg never writes one
+                raise BuildError(f"{self.what}: refusing sparse member {member.name!r} ({path}): "
+                                 "sparse files are not installed")
             kind = _kind(member)
             target = member.linkname
             if kind == "hardlink":

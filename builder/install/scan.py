@@ -29,6 +29,7 @@ from builder.common.compress import Limit
 from builder.common.hashing import HashingReader
 
 BOMB_SLACK = 4 << 20  # tar headers and padding on top of flatsize
+MAX_MEMBER = 16 << 20  # a file read whole for post-install work (passwd, services, a certificate...)
 
 
 @dataclass
@@ -171,7 +172,10 @@ def read_member(pkg_path: Path, name: str, wanted: set[str]) -> dict[str, bytes]
     with open(pkg_path, "rb") as fh:
         for entry, stream in PackageReader(fh, f"package {name}").entries():
             if entry.path in wanted and stream is not None:
-                out[entry.path] = stream.read()
+                if entry.size > MAX_MEMBER:
+                    raise BuildError(f"package {name}: {entry.path} is {entry.size} bytes, over the {MAX_MEMBER} "
+                                     "bytes the builder reads of a configuration file or certificate; refusing")
+                out[entry.path] = stream.read(MAX_MEMBER)
                 if len(out) == len(wanted):
                     break   # the scan already refused duplicates: nothing later can differ
     missing = wanted - set(out)

@@ -79,7 +79,7 @@ class _Contents:
 
     def read(self, fs: FileSystem, paths: list[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        per_pkg: dict[str, dict[str, str]] = {}
+        per_pkg: dict[str, dict[str, list[str]]] = {}   # package -> member -> every path naming it (hard links)
         for p in paths:
             node = fs.nodes[p]
             if node.data is not None:
@@ -92,11 +92,13 @@ class _Contents:
                 if got is not None:
                     out[p] = got
                 else:
-                    per_pkg.setdefault(pkg, {})[member] = p
+                    per_pkg.setdefault(pkg, {}).setdefault(member, []).append(p)
         for pkg, members in sorted(per_pkg.items()):
             got = read_member(self.package_path(pkg), pkg, set(members))
-            for member, p in members.items():
-                out[p] = self.seen[(pkg, member)] = got[member]
+            for member, ps in members.items():
+                self.seen[(pkg, member)] = got[member]
+                for p in ps:
+                    out[p] = got[member]
         return out
 
 

@@ -30,7 +30,7 @@ from builder.layers.writer import LayerInfo
 
 MAX_ENTRY = 1 << 20
 REQUIRED = ("history", "installed", "added", "closure", "manifests")
-MAX_SCAN_ENTRY = 356 << 20
+MAX_SCAN_ENTRY = 256 << 20
 # Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
 SCAN_ENTRY = 3
 
