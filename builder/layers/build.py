@@ -408,12 +408,6 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
             fs.remove(r)
         _post_install(fs, actions, contents, epoch)
         fs.verify(f"flavour {fname}")
-        untrusted = [] if hit else pkgconf.problems(fs, lambda paths: contents.read(fs, paths))
-        if untrusted:
-            raise BuildError(f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname}): pkg's "
-                             "configuration names trust roots the image does not have:\n  " + "\n  ".join(untrusted)
-                             + "\n  Install them with the flavour's `trust: [REPOSITORY...]` (from keys/) or "
-                             "point the configuration at a directory the image has")
         regs = []
         for name in sorted(names):
             sp = scanned(name)
@@ -430,6 +424,12 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
             continue
 
         where = f"{release.name}/{arch} image {release.render_name(fname)} (flavour {fname})"
+        untrusted = pkgconf.problems(fs, lambda paths: contents.read(fs, paths))
+        if untrusted:
+            raise BuildError(f"{where}: pkg's "
+                             "configuration names trust roots the image does not have:\n  " + "\n  ".join(untrusted)
+                             + "\n  Install them with the flavour's `trust: [REPOSITORY...]` (from keys/) or "
+                             "point the configuration at a directory the image has")
         links, unused = closure.check(fs, where, static=fl.static, accept=fl.accept_missing,
                                       read=lambda paths: contents.read(fs, paths), providers=providers,
                                       installed=names)
