@@ -472,3 +472,48 @@ def test_a_file_read_whole_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(scan, "MAX_MEMBER", 64)
     with pytest.raises(BuildError, match=r"package FreeBSD-evil: /etc/master.passwd is 100 bytes, over the 64"):
         scan.read_member(pkg, "FreeBSD-evil", {"/etc/master.passwd"})
+
+
+def test_a_child_that_changes_a_post_install_input_gets_fresh_databases(tmp_path):
+    """A flavour keeps its parent's databases only when their inputs are unchanged: one that adds a
+    user, a service, a login class or a certificate, removes a certificate, or overwrites a database,
+    gets what a build without a parent gives."""
+    from builder.install.scan import read_member
+    repo = PKGREPO / "FreeBSD:14:amd64/base_release_2"
+    etc = read_member(repo / "FreeBSD-runtime-14.2p1.pkg", "FreeBSD-runtime",
+                      {"/etc/master.passwd", "/etc/services", "/etc/login.conf"})
+    cert = read_member(repo / "FreeBSD-caroot-14.2p1.pkg", "FreeBSD-caroot",
+                       {"/usr/share/certs/trusted/ACCVRAIZ1.pem"})["/usr/share/certs/trusted/ACCVRAIZ1.pem"]
+    files = [("/etc/master.passwd", etc["/etc/master.passwd"] + b"extra:*:4242:4242::0:0:Extra:/nonexistent:/usr/sbin/nologin\n", "0600"),
+             ("/etc/services", etc["/etc/services"] + b"extra\t\t4242/tcp\n", "0644"),
+             ("/etc/login.conf", etc["/etc/login.conf"] + b"extra:\\\n\t:tc=default:\n", "0644"),
+             ("/usr/share/certs/trusted/EXTRA-COPY.pem", cert, "0444")]
+    listed = "[" + ", ".join(f"{{path: {p}, mode: \"{m}\", content: {json.dumps(c.decode())}}}" for p, c, m in files) + "]"
+    packages = "[FreeBSD-runtime, FreeBSD-caroot, FreeBSD-certctl, FreeBSD-zoneinfo]"
+    gone = "/usr/share/certs/trusted/AC_RAIZ_FNMT-RCM.pem"
+    stray = "[{path: /etc/passwd, content: 'not what pwd_mkdb writes'}]"   # the output in place, not the input
+    proj = reference_project(tmp_path)
+    (proj / "families.yaml").write_text(f"""
+schema: 1
+flavours:
+  below: {{description: the packages, packages: {packages}, post-install: [cap_mkdb]}}
+  above: {{description: the files on top, parent: below, files: {listed}}}
+  flat: {{description: both in one flavour, packages: {packages}, post-install: [cap_mkdb], files: {listed}}}
+  fewer: {{description: one certificate less and a stray passwd, parent: below, remove: [{gone}], files: {stray}}}
+  flat-fewer: {{description: the same in one flavour, packages: {packages}, post-install: [cap_mkdb], remove: [{gone}],
+               files: {stray}}}
+""")
+    ctx = context(proj, cache=tmp_path / "cache")
+    results, _ = build_one_arch(ctx, "amd64", tmp_path / "out")
+    below, above, flat, fewer, flat_fewer = (results[f].fs.nodes for f in ("below", "above", "flat", "fewer",
+                                                                          "flat-fewer"))
+    outputs = ["/etc/passwd", "/etc/pwd.db", "/etc/spwd.db", "/var/db/services.db", "/etc/login.conf.db"]
+    for path in outputs:
+        assert above[path].sha256 == flat[path].sha256 != below[path].sha256, path
+    links = lambda nodes: {p: n.target for p, n in nodes.items() if p.startswith("/etc/ssl/certs/")}
+    assert links(above) == links(flat) != links(below)
+    assert any(t.endswith("/EXTRA-COPY.pem") for t in links(above).values())
+    assert links(fewer) == links(flat_fewer) != links(below)
+    assert fewer["/etc/passwd"].sha256 == flat_fewer["/etc/passwd"].sha256 == below["/etc/passwd"].sha256
+    assert not any(t.endswith(gone) for t in links(fewer).values()) and any(t.endswith(gone) for t in links(below).values())
+    assert dbtools.read_pwd_db(above["/etc/pwd.db"].data)["extra"]["uid"] == 4242

@@ -119,3 +119,48 @@ def test_moving_the_trust_roots_rebuilds_the_layers_that_hold_them(demo_mirror, 
     r = build()
     assert r.returncode == 2, r.stderr
     assert "trust roots the image does not have" in r.stderr and "/usr/share/keys/pkg" in r.stderr
+
+
+def test_a_layer_is_built_on_its_parents_cached_filesystem(demo_mirror, tmp_path, monkeypatch):
+    """A flavour whose layer must be built starts from its parent's filesystem as the layer cache
+    kept it: no parent's packages, post-install work or pkg database is replayed. A damaged entry
+    is a miss: the parents are replayed, to the same bytes, and the entry is written again."""
+    from builder.layers import build as stage
+    from builder.runs.images import build_release
+    from tests.buildutil import build_demo_family, context
+
+    build_demo_family(demo_mirror, tmp_path)
+    entries = sorted((tmp_path / "cache" / "layers").rglob("*.fs"))
+    assert len(entries) == 6          # static, base and minimal per arch: the flavours others are built on
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "cache", kept)
+    families = tmp_path / "project" / "families.yaml"
+    text = families.read_text()
+    assert "      - FreeBSD-utilities\n" in text
+    families.write_text(text.replace("      - FreeBSD-utilities\n", "      - FreeBSD-utilities\n"
+                                     "    files: [{path: /etc/motd.template, content: \"changed\\n\"}]\n"))
+    made = []
+    real = stage.build_pkgdb
+    monkeypatch.setattr(stage, "build_pkgdb", lambda *a, **k: made.append(1) or real(*a, **k))
+
+    def rebuild() -> dict:
+        ctx = context(tmp_path / "project", cache=tmp_path / "cache", mirror=f"file://{demo_mirror}",
+                      keys=demo_mirror / "keys", lock_dir=tmp_path / "locks")
+        made.clear()
+        build_release(ctx, ctx.ensure_lock(), tmp_path / "out", log=lambda m: None)   # the layout the cache checks
+        return index_refs(tmp_path / "out" / RELEASE)
+
+    loaded = rebuild()
+    assert len(made) == 2             # small's own database, per arch
+    shutil.rmtree(tmp_path / "cache")
+    shutil.copytree(kept, tmp_path / "cache")
+    for e in entries:
+        data = bytearray(e.read_bytes())
+        data[-10] ^= 0x01             # in the body: its sha256 no longer matches
+        e.write_bytes(bytes(data))
+    replayed = rebuild()
+    assert len(made) == 8             # every flavour's database, per arch: the parents were replayed
+    assert replayed == loaded
+    rebuild()
+    assert len(made) == 0             # everything from the cache now, the rewritten entries included
+    assert all(e.read_bytes() == (kept / e.relative_to(tmp_path / "cache")).read_bytes() for e in entries)

@@ -20,6 +20,7 @@ UNTRUSTED_DIRS = {"/usr/share/certs/untrusted": "/etc/ssl/untrusted",
                   "/usr/share/certs/blacklisted": "/etc/ssl/blacklisted",
                   "/usr/local/etc/ssl/blacklisted": "/etc/ssl/blacklisted"}
 CERT_SUFFIXES = (".pem", ".crt", ".cer")
+_CERT_DIRS = frozenset(TRUSTED_DIRS) | frozenset(UNTRUSTED_DIRS)
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -129,5 +130,6 @@ def rehash(certs: dict[str, bytes]) -> list[Link]:
 
 
 def wanted(path: str) -> bool:
-    return posixpath.dirname(path) in TRUSTED_DIRS + tuple(UNTRUSTED_DIRS) and path.endswith(CERT_SUFFIXES)
+    # asked of every path of every image: rpartition is dirname for the model's canonical paths
+    return path.rpartition("/")[0] in _CERT_DIRS and path.endswith(CERT_SUFFIXES)
 

@@ -105,11 +105,13 @@ def parse(text: str, source: str) -> dict:
 
 def config_files(fs: FileSystem) -> list[str]:
     """The files pkg reads, in its order."""
-    out = []
-    for d in REPO_DIRS:
-        out += sorted(p for p, n in fs.nodes.items() if posixpath.dirname(p) == d and p.endswith(".conf")
-                      and n.kind in ("file", "hardlink", "symlink"))
-    return out
+    found: dict[str, list[str]] = {}
+    for p, n in fs.nodes.items():
+        # rpartition is dirname for the model's canonical paths (REPO_DIRS are not the root)
+        d = p.rpartition("/")[0]
+        if d in REPO_DIRS and p.endswith(".conf") and n.kind in ("file", "hardlink", "symlink"):
+            found.setdefault(d, []).append(p)
+    return [p for d in REPO_DIRS for p in sorted(found.get(d, ()))]
 
 
 def repositories(fs: FileSystem, read: Callable[[list[str]], dict[str, bytes]]) -> dict[str, dict]:
@@ -152,7 +154,7 @@ def problems(fs: FileSystem, read: Callable[[list[str]], dict[str, bytes]]) -> l
                 continue
             fp = posixpath.normpath(fp)
             trusted = posixpath.join(fp, "trusted")
-            files = sorted(p for p in fs.nodes if posixpath.dirname(p) == trusted)
+            files = sorted(p for p in fs.nodes if p.rpartition("/")[0] == trusted)
             keys = [p for p in files if _is_file(fs, p)]
             good = []
             if keys:

@@ -138,6 +138,7 @@ def build_pkgdb(regs: list[Registration], epoch: int, user_version: int = 36,
         try:
             con.execute("PRAGMA page_size = 4096")
             con.execute("PRAGMA journal_mode = DELETE")
+            con.execute("PRAGMA synchronous = OFF")   # a scratch file read back at once: no fsync (no byte changes)
             con.execute("PRAGMA encoding = 'UTF-8'")
             con.execute("BEGIN")
             for statement in ddl.split(";\n"):

@@ -137,33 +137,58 @@ def _render(base_dir: Path, template: str, release: Release, flavour: str, arch:
                        abi=release.abi(arch)).encode()
 
 
-def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch: int) -> None:
+def _done_below(parent: Optional[FileSystem], fs: FileSystem, inputs: list[str], tool: str,
+                outputs: Optional[list[str]] = None) -> bool:
+    """Whether the parent ran ``tool`` on these very inputs and its outputs are still in place.
+
+    The tools are pure functions of their inputs' bytes, so running them again would write the
+    same bytes: a flavour that adds no user, service or certificate keeps its parent's databases.
+    ``outputs`` None means every node the tool generated in the parent (certctl's links).
+    """
+    if parent is None:
+        return False
+    made = [p for p, n in parent.nodes.items() if n.source == f"generated:{tool}"] if outputs is None else outputs
+    still = [p for p, n in fs.nodes.items() if n.source == f"generated:{tool}"] if outputs is None else outputs
+    return (bool(made) and made == still
+            and all(p in parent.nodes and p in fs.nodes and parent.nodes[p].same_as(fs.nodes[p]) for p in inputs)
+            and all(parent.nodes.get(p) is not None and parent.nodes[p].source == f"generated:{tool}"
+                    and fs.nodes.get(p) is parent.nodes[p] for p in made))
+
+
+def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch: int,
+                  parent: Optional[FileSystem] = None) -> None:
     def put(path: str, data: bytes, mode: int, tool: str) -> None:
         fs.add(_generated(path, data, mode, epoch, tool), tool, allow_replace=True)
 
-    if "/etc/master.passwd" in fs.nodes:
+    pwd = ["/etc/passwd", "/etc/pwd.db", "/etc/spwd.db"]
+    if "/etc/master.passwd" in fs.nodes and not _done_below(parent, fs, ["/etc/master.passwd"], "pwd_mkdb", pwd):
         # pwd_mkdb runs whenever there is a master.passwd: the official static
         # image has its databases too, though no package script ran there.
         out = dbtools.pwd_mkdb(contents.read(fs, ["/etc/master.passwd"])["/etc/master.passwd"])
         put("/etc/passwd", out["/etc/passwd"], 0o644, "pwd_mkdb")
         put("/etc/pwd.db", out["/etc/pwd.db"], 0o644, "pwd_mkdb")
         put("/etc/spwd.db", out["/etc/spwd.db"], 0o600, "pwd_mkdb")
-    if "services_mkdb" in actions and "/etc/services" in fs.nodes:
+    if ("services_mkdb" in actions and "/etc/services" in fs.nodes
+            and not _done_below(parent, fs, ["/etc/services"], "services_mkdb", ["/var/db/services.db"])):
         put("/var/db/services.db", dbtools.services_mkdb(contents.read(fs, ["/etc/services"])["/etc/services"]),
             0o644, "services_mkdb")
-    if "cap_mkdb" in actions and "/etc/login.conf" in fs.nodes:
+    if ("cap_mkdb" in actions and "/etc/login.conf" in fs.nodes
+            and not _done_below(parent, fs, ["/etc/login.conf"], "cap_mkdb", ["/etc/login.conf.db"])):
         put("/etc/login.conf.db", dbtools.cap_mkdb(contents.read(fs, ["/etc/login.conf"])["/etc/login.conf"]),
             0o644, "cap_mkdb")
     if "certctl" in actions:
-        for old in [p for p in fs.nodes if p.startswith(("/etc/ssl/certs/", "/etc/ssl/untrusted/",
-                                                          "/etc/ssl/blacklisted/"))
-                    and fs.nodes[p].source == "generated:certctl"]:
-            del fs.nodes[old]
-        certs = contents.read(fs, sorted(p for p, n in fs.nodes.items()
-                                         if certctl.wanted(p) and n.kind in ("file", "hardlink")))
-        for link in certctl.rehash(certs):
-            fs.add(Node(link.path, "symlink", 0o777, mtime=epoch, sha256=hashlib.sha256(link.target.encode()).hexdigest(),
-                        target=link.target, source="generated:certctl"), "certctl", allow_replace=True)
+        inputs = sorted(p for p, n in fs.nodes.items() if certctl.wanted(p) and n.kind in ("file", "hardlink"))
+        below = sorted(p for p, n in parent.nodes.items() if certctl.wanted(p) and n.kind in ("file", "hardlink")) \
+            if parent is not None else None
+        if inputs != below or not _done_below(parent, fs, inputs, "certctl"):
+            for old in [p for p in fs.nodes if p.startswith(("/etc/ssl/certs/", "/etc/ssl/untrusted/",
+                                                              "/etc/ssl/blacklisted/"))
+                        and fs.nodes[p].source == "generated:certctl"]:
+                del fs.nodes[old]
+            for link in certctl.rehash(contents.read(fs, inputs)):
+                fs.add(Node(link.path, "symlink", 0o777, mtime=epoch,
+                            sha256=hashlib.sha256(link.target.encode()).hexdigest(), target=link.target,
+                            source="generated:certctl"), "certctl", allow_replace=True)
 
 
 MAX_KEY_FILE = 64 << 10
@@ -350,8 +375,22 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
                                          version], epoch=epoch, compression=opts.compression, squash=opts.squash,
                                 env=env)
     hits = {f: cache.get(keys[f]) for f in wanted} if cache else {}
-    # A flavour's filesystem is needed when its layer is not cached, or when one built on it is not.
-    need_fs = {link for f in wanted if not hits.get(f) for link in family.chain(f)}
+    # A flavour whose layer is not cached is built, from its parent's filesystem: the cache's
+    # copy of it when it has one (loaded), else rebuilt from the parent's packages, which needs
+    # the grandparent's filesystem, and so on down.
+    loaded: dict[str, FileSystem] = {}
+    need_fs: set[str] = set()
+    for f in wanted:
+        link = None if hits.get(f) else f
+        while link is not None and link not in need_fs and link not in loaded:
+            got = cache.get_fs(keys[link]) if link != f and hits.get(link) else None
+            if got is not None:
+                loaded[link] = got
+                break
+            need_fs.add(link)
+            link = family.flavours[link].parent
+    # the flavours others are built on: their filesystems are kept with their layers
+    bases = {family.flavours[f].parent for f in family.names} - {None}
     # The packages of the layers to write, fetched together (in parallel) rather than one by one.
     fetch(sorted({n for f in wanted if not hits.get(f) for n in lock.flavours[f]["packages"]
                   if n in lock.packages}))
@@ -381,7 +420,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         entry = lock.flavours[fname]
         hit = hits.get(fname)
         if fname not in need_fs:
-            results[fname] = reuse(fname, hit, None)
+            results[fname] = reuse(fname, hit, loaded.get(fname))
             continue
         fs = prev.fs.copy() if prev else FileSystem()
         names = list(entry["packages"])
@@ -406,7 +445,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
                    allow_replace=True)
         for r in fl.remove:
             fs.remove(r)
-        _post_install(fs, actions, contents, epoch)
+        _post_install(fs, actions, contents, epoch, prev.fs if prev else None)
         fs.verify(f"flavour {fname}")
         regs = []
         for name in sorted(names):
@@ -420,6 +459,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         if hit:
             # Its layer is cached: the filesystem was rebuilt only for the flavours built on it,
             # and the checks below passed when the layer was built (the entry holds their results).
+            cache.put_fs(keys[fname], fs)
             results[fname] = reuse(fname, hit, fs)
             continue
 
@@ -462,6 +502,8 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
         if cache:
             cache.put(keys[fname], info, history=history_line, installed=sorted(names), added=added,
                       closure=links.to_json(), manifests=described)
+            if fname in bases:
+                cache.put_fs(keys[fname], fs)
         results[fname] = FlavourResult(
             flavour=fname, parent=parent, arch=arch, fs=fs, layers=base_layers + [info],
             history=base_history + [history_line], installed=sorted(names), added=added, version=version,

@@ -12,6 +12,12 @@ packages, closure counts); the blob itself is the layout's, and an entry is
 used only when that blob is there and its bytes hash to the recorded digest.
 Anything else (missing, corrupt, truncated entry) is a miss and the layer is
 built again.
+
+Beside the entry of a flavour that others are built on lies the filesystem
+model its layer stack makes (``<key>.fs``): a child whose layer must be
+built starts from it instead of replaying the parent's packages, post-install
+work and pkg database. Like the scan cache, these are local files the builder
+wrote, checked against their own sha256; a damaged one is a miss.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from builder.errors import BuildError
 from builder.layers.writer import LayerInfo
 
 MAX_ENTRY = 1 << 20
+MAX_FS_ENTRY = 256 << 20
 REQUIRED = ("history", "installed", "added", "closure", "manifests")
 MAX_SCAN_ENTRY = 256 << 20
 # Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
@@ -97,10 +104,50 @@ class LayerCache:
         # not fsynced: a torn entry fails to parse or to match its blob, and is a miss
         atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode(), durable=False)
 
+    def _fs_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.fs"
+
+    def get_fs(self, key: str):
+        """The filesystem the layer stack up to this key's layer makes, or None.
+
+        A flavour built on a cached layer starts from it, with no replay of the parent's packages,
+        post-install work and pkg database. The entry carries the sha256 of its own body: a
+        damaged one is a miss (and the parent is replayed).
+        """
+        from builder.install.fsmodel import FileSystem
+        path = self._fs_path(key)
+        try:
+            if path.stat().st_size > MAX_FS_ENTRY:
+                return None
+            head, _, body = path.read_bytes().partition(b"\n")
+            meta = json.loads(head)
+            if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(body).hexdigest():
+                return None
+            return FileSystem({n.path: n for n in map(_node_from_doc, json.loads(body))})
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None
+
+    def put_fs(self, key: str, fs) -> None:
+        # the model's own order: a child's delta, and so its layer, follow it
+        body = json.dumps([_node_doc(n) + [None if n.data is None else base64.b64encode(n.data).decode()]
+                           for n in fs.nodes.values()]).encode()
+        head = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest()}).encode()
+        atomic_write_bytes(self._fs_path(key), head + b"\n" + body, durable=False)
+
 
 def _node_doc(n) -> list:
     return [n.path, n.kind, n.mode, n.uname, n.gname, n.mtime, n.size, n.sha256, n.target, n.owner, n.source,
             dict(vars(n.elf)) if n.elf is not None else None, n.offset]
+
+
+def _node_from_doc(n: list):
+    """The inverse of _node_doc, with generated content when the document has a 14th item."""
+    from builder.install.elf import ElfInfo
+    from builder.install.fsmodel import Node
+    elf = ElfInfo(**{**n[11], "needed": tuple(n[11]["needed"]), "rpath": tuple(n[11]["rpath"]),
+                     "runpath": tuple(n[11]["runpath"])}) if n[11] else None
+    data = base64.b64decode(n[13]) if len(n) > 13 and n[13] is not None else None
+    return Node(*n[:11], data=data, elf=elf, offset=n[12])
 
 
 class ScanCache:
@@ -119,8 +166,6 @@ class ScanCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str):
-        from builder.install.elf import ElfInfo
-        from builder.install.fsmodel import Node
         from builder.install.scan import ScannedPackage
         path = self._path(key)
         try:
@@ -129,11 +174,7 @@ class ScanCache:
             doc = json.loads(path.read_bytes())
             if doc.get("key") != key:
                 return None
-            nodes = []
-            for n in doc["nodes"]:
-                elf = ElfInfo(**{**n[11], "needed": tuple(n[11]["needed"]), "rpath": tuple(n[11]["rpath"]),
-                                 "runpath": tuple(n[11]["runpath"])}) if n[11] else None
-                nodes.append(Node(*n[:11], elf=elf, offset=n[12]))
+            nodes = [_node_from_doc(n) for n in doc["nodes"]]
             config = {p: base64.b64decode(v) for p, v in doc["config"].items()}
             return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config, doc["sha256"])
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
