@@ -517,3 +517,25 @@ flavours:
     assert fewer["/etc/passwd"].sha256 == flat_fewer["/etc/passwd"].sha256 == below["/etc/passwd"].sha256
     assert not any(t.endswith(gone) for t in links(fewer).values()) and any(t.endswith(gone) for t in links(below).values())
     assert dbtools.read_pwd_db(above["/etc/pwd.db"].data)["extra"]["uid"] == 4242
+
+
+def test_a_child_that_changes_no_input_keeps_its_parents_databases(tmp_path, monkeypatch):
+    """The other half: a flavour that adds a file no tool reads runs none of them again."""
+    proj = reference_project(tmp_path)
+    (proj / "families.yaml").write_text("""
+schema: 1
+flavours:
+  below: {description: the packages, packages: [FreeBSD-runtime, FreeBSD-caroot, FreeBSD-certctl],
+          post-install: [cap_mkdb]}
+  same: {description: a file no tool reads, parent: below, files: [{path: /etc/motd.template, content: "hi\\n"}]}
+""")
+    runs = collections.Counter()
+    for module, name in ((dbtools, "pwd_mkdb"), (dbtools, "services_mkdb"), (dbtools, "cap_mkdb"),
+                         (certctl, "rehash")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: runs.update([_name]) or _real(*a, **k))
+    results, _ = build_one_arch(context(proj, cache=tmp_path / "cache"), "amd64", tmp_path / "out")
+    assert runs == {"pwd_mkdb": 1, "services_mkdb": 1, "cap_mkdb": 1, "rehash": 1}    # for below only
+    below, same = results["below"].fs.nodes, results["same"].fs.nodes
+    for path in ("/etc/pwd.db", "/etc/spwd.db", "/etc/passwd", "/var/db/services.db", "/etc/login.conf.db"):
+        assert same[path] is below[path]

@@ -123,8 +123,9 @@ def test_moving_the_trust_roots_rebuilds_the_layers_that_hold_them(demo_mirror, 
 
 def test_a_layer_is_built_on_its_parents_cached_filesystem(demo_mirror, tmp_path, monkeypatch):
     """A flavour whose layer must be built starts from its parent's filesystem as the layer cache
-    kept it: no parent's packages, post-install work or pkg database is replayed. A damaged entry
-    is a miss: the parents are replayed, to the same bytes, and the entry is written again."""
+    kept it: no parent's packages, post-install work or pkg database is replayed. A damaged entry,
+    or one filed under another key, is a miss: the parents are replayed down to the nearest sound
+    entry, to the same bytes, and the entries are written again."""
     from builder.layers import build as stage
     from builder.runs.images import build_release
     from tests.buildutil import build_demo_family, context
@@ -152,8 +153,20 @@ def test_a_layer_is_built_on_its_parents_cached_filesystem(demo_mirror, tmp_path
 
     loaded = rebuild()
     assert len(made) == 2             # small's own database, per arch
-    shutil.rmtree(tmp_path / "cache")
-    shutil.copytree(kept, tmp_path / "cache")
+
+    def restore() -> None:
+        shutil.rmtree(tmp_path / "cache")
+        shutil.copytree(kept, tmp_path / "cache")
+
+    restore()
+    minimal = [e for e in entries if b'"/bin/sh"' in e.read_bytes()]
+    assert len(minimal) == 2
+    for e in minimal:                 # a sound entry filed under another key
+        head, body = e.read_bytes().split(b"\n", 1)
+        e.write_bytes(json.dumps({**json.loads(head), "key": "0" * 64}).encode() + b"\n" + body)
+    assert rebuild() == loaded
+    assert len(made) == 4             # minimal replayed, on base's filesystem from the cache; small
+    restore()
     for e in entries:
         data = bytearray(e.read_bytes())
         data[-10] ^= 0x01             # in the body: its sha256 no longer matches
@@ -164,3 +177,18 @@ def test_a_layer_is_built_on_its_parents_cached_filesystem(demo_mirror, tmp_path
     rebuild()
     assert len(made) == 0             # everything from the cache now, the rewritten entries included
     assert all(e.read_bytes() == (kept / e.relative_to(tmp_path / "cache")).read_bytes() for e in entries)
+
+
+def test_a_filesystem_entry_over_the_bound_is_neither_written_nor_read(tmp_path, monkeypatch):
+    from builder.install.fsmodel import FileSystem, Node
+    from builder.layers import cache as lc
+    fs = FileSystem({"/etc": Node("/etc", "dir", 0o755),
+                     "/etc/motd": Node("/etc/motd", "file", 0o644, size=3, sha256="x", data=b"hi\n")})
+    store = lc.LayerCache(tmp_path, lambda info: True)
+    store.put_fs("a" * 64, fs)
+    assert store.get_fs("a" * 64) == fs and store.get_fs("a" * 64).nodes["/etc/motd"].data == b"hi\n"
+    size = store._fs_path("a" * 64).stat().st_size
+    monkeypatch.setattr(lc, "MAX_FS_ENTRY", size - 1)
+    assert store.get_fs("a" * 64) is None
+    store.put_fs("b" * 64, fs)
+    assert not store._fs_path("b" * 64).exists()

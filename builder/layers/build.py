@@ -383,7 +383,7 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock,
     for f in wanted:
         link = None if hits.get(f) else f
         while link is not None and link not in need_fs and link not in loaded:
-            got = cache.get_fs(keys[link]) if link != f and hits.get(link) else None
+            got = cache.get_fs(keys[link]) if hits.get(link) else None
             if got is not None:
                 loaded[link] = got
                 break

@@ -119,8 +119,9 @@ class LayerCache:
         try:
             if path.stat().st_size > MAX_FS_ENTRY:
                 return None
-            head, _, body = path.read_bytes().partition(b"\n")
-            meta = json.loads(head)
+            with open(path, "rb") as fh:
+                meta = json.loads(fh.readline(4096))
+                body = fh.read(MAX_FS_ENTRY)
             if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(body).hexdigest():
                 return None
             return FileSystem({n.path: n for n in map(_node_from_doc, json.loads(body))})
@@ -128,11 +129,12 @@ class LayerCache:
             return None
 
     def put_fs(self, key: str, fs) -> None:
-        # the model's own order: a child's delta, and so its layer, follow it
+        # in the model's own order, so the filesystem loaded is the one kept, down to its dict order
         body = json.dumps([_node_doc(n) + [None if n.data is None else base64.b64encode(n.data).decode()]
                            for n in fs.nodes.values()]).encode()
         head = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest()}).encode()
-        atomic_write_bytes(self._fs_path(key), head + b"\n" + body, durable=False)
+        if len(head) + 1 + len(body) <= MAX_FS_ENTRY:    # get_fs would never read a larger one
+            atomic_write_bytes(self._fs_path(key), head + b"\n" + body, durable=False)
 
 
 def _node_doc(n) -> list:
