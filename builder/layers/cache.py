@@ -39,7 +39,7 @@ MAX_FS_ENTRY = 256 << 20
 REQUIRED = ("history", "installed", "added", "closure", "manifests")
 MAX_SCAN_ENTRY = 256 << 20
 # Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
-SCAN_ENTRY = 3
+SCAN_ENTRY = 4
 
 
 def _plain(value: Any) -> Any:
@@ -124,32 +124,56 @@ class LayerCache:
                 body = fh.read(MAX_FS_ENTRY)
             if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(body).hexdigest():
                 return None
-            return FileSystem({n.path: n for n in map(_node_from_doc, json.loads(body))})
+            docs, _, blobs = body.partition(b"\n")
+            return FileSystem({n.path: n for n in _nodes_from_docs(json.loads(docs), blobs)})
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
     def put_fs(self, key: str, fs) -> None:
-        # in the model's own order, so the filesystem loaded is the one kept, down to its dict order
-        body = json.dumps([_node_doc(n) + [None if n.data is None else base64.b64encode(n.data).decode()]
-                           for n in fs.nodes.values()]).encode()
+        # Nodes as one JSON line, generated contents after it as raw bytes (each node names its
+        # slice), in the model's own order: the filesystem loaded is the one kept, down to its order.
+        docs, blobs, at = [], [], 0
+        for n in fs.nodes.values():
+            doc = _node_doc(n)
+            if n.data is not None:
+                doc += [at, len(n.data)]
+                blobs.append(n.data)
+                at += len(n.data)
+            docs.append(doc)
+        body = json.dumps(docs).encode() + b"\n" + b"".join(blobs)
         head = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest()}).encode()
         if len(head) + 1 + len(body) <= MAX_FS_ENTRY:    # get_fs would never read a larger one
             atomic_write_bytes(self._fs_path(key), head + b"\n" + body, durable=False)
 
 
 def _node_doc(n) -> list:
+    elf = n.elf
     return [n.path, n.kind, n.mode, n.uname, n.gname, n.mtime, n.size, n.sha256, n.target, n.owner, n.source,
-            dict(vars(n.elf)) if n.elf is not None else None, n.offset]
+            [getattr(elf, f) for f in _elf_fields()[0]] if elf is not None else None, n.offset]
 
 
-def _node_from_doc(n: list):
-    """The inverse of _node_doc, with generated content when the document has a 14th item."""
+@functools.lru_cache(maxsize=1)
+def _elf_fields() -> tuple[tuple[str, ...], frozenset[int]]:
+    """ElfInfo's fields in order, and the positions of those that are tuples (lists in JSON)."""
+    from builder.install.elf import ElfInfo
+    names = tuple(f.name for f in dataclasses.fields(ElfInfo))
+    return names, frozenset(i for i, f in enumerate(names) if f in ("needed", "rpath", "runpath"))
+
+
+def _nodes_from_docs(docs: list, blobs: bytes = b"") -> list:
+    """The inverse of _node_doc; a 14th and 15th item are the node's generated content in ``blobs``.
+
+    Loading a parent's filesystem is on the path of every rebuild: no per-node imports or dicts."""
     from builder.install.elf import ElfInfo
     from builder.install.fsmodel import Node
-    elf = ElfInfo(**{**n[11], "needed": tuple(n[11]["needed"]), "rpath": tuple(n[11]["rpath"]),
-                     "runpath": tuple(n[11]["runpath"])}) if n[11] else None
-    data = base64.b64decode(n[13]) if len(n) > 13 and n[13] is not None else None
-    return Node(*n[:11], data=data, elf=elf, offset=n[12])
+    tuples = _elf_fields()[1]
+    out = []
+    for n in docs:
+        e = n[11]
+        elf = ElfInfo(*[tuple(v) if i in tuples else v for i, v in enumerate(e)]) if e else None
+        data = blobs[n[13]:n[13] + n[14]] if len(n) > 13 else None
+        out.append(Node(*n[:11], data=data, elf=elf, offset=n[12]))
+    return out
 
 
 class ScanCache:
@@ -176,7 +200,7 @@ class ScanCache:
             doc = json.loads(path.read_bytes())
             if doc.get("key") != key:
                 return None
-            nodes = [_node_from_doc(n) for n in doc["nodes"]]
+            nodes = _nodes_from_docs(doc["nodes"])
             config = {p: base64.b64decode(v) for p, v in doc["config"].items()}
             return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config, doc["sha256"])
         except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):

@@ -12,7 +12,11 @@ Runs, each in a child process so its peak RSS is its own:
   checks, image summary: what every run pays) taken from both;
 - **large**: one ~1.2 GB ``small`` image (the official toolchain's size), amd64.
 
-Two ratios are measured in the same run: the family build against
+The family, no-op and bump are measured in rounds (``--repeat``, 3 by
+default) and their medians reported, with the bump's share of the full build
+taken within each round: a shared machine's speed can move by half
+from one minute to the next. CPU seconds (the build and its workers) are shown beside
+wall seconds. Two ratios are measured in the same run: the first family build against
 single-threaded zlib level 6 over the same uncompressed layer bytes (the
 compression floor of a one-core gzip pipeline), and against an official-style
 pipeline (per flavour: extract the parent's rootfs tarball and the flavour's
@@ -26,13 +30,16 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate, scale_for
@@ -65,17 +72,28 @@ def _tree_rss_kb(root: int) -> int:
     return total
 
 
-def _run(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) of the build with its compression workers, and its stderr.
+@dataclass(frozen=True)
+class Run:
+    seconds: float      # wall
+    cpu: float          # user + system seconds of the build and its compression workers
+    peak_mb: float      # peak RSS of the build with its workers
+    stderr: str
+
+
+def _run(cmd: list[str], env: dict) -> Run:
+    """One builder run in a child process: its wall and CPU seconds, peak RSS and stderr.
 
     The build reports its own VmHWM as it exits (ru_maxrss would carry the parent's mark, and a
     child's ru_maxrss the RSS of the process it was forked from); the whole process tree is
-    sampled every 50 ms for the workers, and the larger of the two is the peak.
+    sampled every 50 ms for the workers, and the larger of the two is the peak. CPU time is
+    what the run's reaped process tree used (RUSAGE_CHILDREN before and after): less moved than
+    wall time by other load on the machine.
     """
     wrapper = ("import runpy, sys, atexit; "
                "atexit.register(lambda: print('peak-rss-kb', [l.split()[1] for l in open('/proc/self/status') "
                "if l.startswith('VmHWM')][0], file=sys.stderr)); "
                "sys.argv = ['builder'] + sys.argv[1:]; runpy.run_module('builder', run_name='__main__')")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], env=env, stdout=subprocess.DEVNULL, stderr=err,
@@ -87,10 +105,12 @@ def _run(cmd: list[str], env: dict) -> tuple[float, float, str]:
         secs = time.perf_counter() - t0
         err.seek(0)
         stderr = err.read()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"benchmark build failed:\n{stderr[-4000:]}")
     own = next((int(l.split()[1]) for l in reversed(stderr.splitlines()) if l.startswith("peak-rss-kb ")), 0)
-    return secs, max(own, tree) / 1024, stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(secs, cpu, max(own, tree) / 1024, stderr)
 
 
 def _manifests(layout: Layout, release: str, arches: list[str]) -> dict[tuple[str, str], dict]:
@@ -163,6 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--release", default="14.2")
     p.add_argument("--work", type=Path, default=None, help="keep mirrors and outputs here")
     p.add_argument("--json-out", type=Path, default=Path("build/bench.json"))
+    p.add_argument("--repeat", type=int, default=3,
+                   help="rounds of family, no-op and bump (medians are reported: the machine's speed moves)")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="freebsd-images-bench."))
     work.mkdir(parents=True, exist_ok=True)
@@ -183,35 +205,60 @@ def main(argv=None) -> int:
                  "--cache-dir", str(work / "cache")]
         build = ["--project", str(ROOT), "build", "--release", args.release, "--all", "--out", str(work / "out"),
                  *where]
-        rows = []
-        _run(["--project", str(ROOT), "fetch", args.release, *where], env)   # the download cache, warm
-        secs, peak, _ = _run(build, env)
-        layout = Layout(work / "out" / args.release)
-        mans = _manifests(layout, args.release, ["amd64", "arm64"])
-        own = sorted({m["layers"][-1]["digest"] for m in mans.values()})
-        raw = _layer_bytes(layout, own)
-        small = _layer_bytes(layout, [l["digest"] for l in mans[("small", "amd64")]["layers"]])
-        z6 = zlib6_seconds(layout, own)
-        official = official_style_seconds(layout, {(f, a): m for (f, a), m in mans.items()}, ["amd64", "arm64"],
-                                          work / "official")
-        rows.append({"run": "family (cold layers)", "seconds": secs, "mb": raw / 1e6, "peak_rss_mb": peak,
-                     "vs_zlib6": secs / z6, "official_style_over_ours": official / secs})
-        noop, peak, _ = _run(build, env)
-        rows.append({"run": "no-op rebuild", "seconds": noop, "mb": raw / 1e6, "peak_rss_mb": peak})
-        full = rows[0]["seconds"]
-        generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb),
-                                                 bumps=(("FreeBSD-utilities", f"{args.release}p2"),)))
-        # re-lock and fetch untimed, as for the family: the build starts from a warm download cache
-        relock = _run(["--project", str(ROOT), "lock", args.release, *where], env)[0]
-        relock += _run(["--project", str(ROOT), "fetch", args.release, *where], env)[0]
-        secs, peak, err = _run(build, env)
-        built = [l for l in err.splitlines() if l.endswith(" built")]
+        fetch = ["--project", str(ROOT), "fetch", args.release, *where]
+        rounds = []
+        for n in range(args.repeat):
+            if n:
+                # back to the unbumped mirror and cold layer, scan and lock state
+                generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb)))
+                for d in ("cache", "out", "locks"):
+                    shutil.rmtree(work / d, ignore_errors=True)
+            _run(fetch, env)   # the download cache, warm
+            full = _run(build, env)
+            if not n:
+                layout = Layout(work / "out" / args.release)
+                mans = _manifests(layout, args.release, ["amd64", "arm64"])
+                own = sorted({m["layers"][-1]["digest"] for m in mans.values()})
+                raw = _layer_bytes(layout, own)
+                small = _layer_bytes(layout, [l["digest"] for l in mans[("small", "amd64")]["layers"]])
+                z6 = zlib6_seconds(layout, own)
+                official = official_style_seconds(layout, {(f, a): m for (f, a), m in mans.items()},
+                                                  ["amd64", "arm64"], work / "official")
+            noop = _run(build, env)
+            generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb),
+                                                     bumps=(("FreeBSD-utilities", f"{args.release}p2"),)))
+            # re-lock and fetch untimed, as for the family: the build starts from a warm download cache
+            relock = _run(["--project", str(ROOT), "lock", args.release, *where], env).seconds + _run(fetch, env).seconds
+            bump = _run(build, env)
+            rounds.append((full, noop, bump, relock))
+        built = [l for l in rounds[-1][2].stderr.splitlines() if l.endswith(" built")]
         bump_own = sorted({m["layers"][-1]["digest"] for (f, a), m in
                            _manifests(layout, args.release, ["amd64", "arm64"]).items() if f == "small"})
         bump_mb = _layer_bytes(layout, bump_own) / 1e6
-        rows.append({"run": "one package bump", "seconds": secs, "mb": bump_mb, "peak_rss_mb": peak,
-                     "layers_built": len(built), "share_of_full": secs / full, "byte_share": bump_mb * 1e6 / raw,
-                     "above_noop_share": (secs - noop) / (full - noop), "relock_fetch_s": relock})
+
+        def med(f) -> float:
+            return median(f(*r) for r in rounds)
+
+        first = rounds[0][0].seconds   # the ratios: against the baselines timed right after it, in the same run
+        rows = [{"run": "family (cold layers)", "seconds": med(lambda full, noop, bump, relock: full.seconds),
+                 "cpu_s": med(lambda f, *_: f.cpu), "mb": raw / 1e6,
+                 "peak_rss_mb": max(r[0].peak_mb for r in rounds), "vs_zlib6": first / z6,
+                 "official_style_over_ours": official / first},
+                {"run": "no-op rebuild", "seconds": med(lambda f, noop, *_: noop.seconds),
+                 "cpu_s": med(lambda f, noop, *_: noop.cpu), "mb": raw / 1e6,
+                 "peak_rss_mb": max(r[1].peak_mb for r in rounds)},
+                {"run": "one package bump", "seconds": med(lambda f, n, bump, r: bump.seconds),
+                 "cpu_s": med(lambda f, n, bump, r: bump.cpu), "mb": bump_mb,
+                 "peak_rss_mb": max(r[2].peak_mb for r in rounds), "layers_built": len(built),
+                 "byte_share": bump_mb * 1e6 / raw,
+                 # each round's own ratios (the machine's speed moves between rounds), then their median
+                 "share_of_full": med(lambda full, n, bump, r: bump.seconds / full.seconds),
+                 "share_of_full_range": [min(b.seconds / f.seconds for f, _, b, _ in rounds),
+                                         max(b.seconds / f.seconds for f, _, b, _ in rounds)],
+                 "cpu_share_of_full": med(lambda full, n, bump, r: bump.cpu / full.cpu),
+                 "above_noop_share": med(lambda full, noop, bump, r: (bump.seconds - noop.seconds)
+                                         / (full.seconds - noop.seconds)),
+                 "relock_fetch_s": med(lambda f, n, b, relock: relock)}]
         if args.large_mb:
             big = work / "mirror-large"
             shutil.rmtree(big, ignore_errors=True)
@@ -223,29 +270,35 @@ def main(argv=None) -> int:
             large = ["--project", str(ROOT), "build", f"freebsd{args.release}-small", "--out", str(work / "out-large"),
                      *where]
             _run(["--project", str(ROOT), "fetch", args.release, *where], env)
-            secs, peak, _ = _run(large, env)
+            big_run = _run(large, env)
             lay = Layout(work / "out-large" / args.release)
             man = _manifests(lay, args.release, ["amd64"])[("small", "amd64")]
             size = _layer_bytes(lay, [l["digest"] for l in man["layers"]])
-            rows.append({"run": "large small image", "seconds": secs, "mb": size / 1e6, "peak_rss_mb": peak})
-        result = {"release": args.release, "cores": os.cpu_count(), "generate_s": round(gen_secs, 2),
+            rows.append({"run": "large small image", "seconds": big_run.seconds, "cpu_s": big_run.cpu, "mb": size / 1e6,
+                         "peak_rss_mb": big_run.peak_mb})
+        result = {"release": args.release, "cores": os.cpu_count(), "rounds": args.repeat, "generate_s": round(gen_secs, 2),
                   "family_small_image_mb": round(small / 1e6, 1), "family_layer_mb": round(raw / 1e6, 1),
                   "zlib6_single_thread_s": round(z6, 2), "official_style_s": round(official, 2),
-                  "runs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
+                  "runs": [{k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list)
+                            else v) for k, v in r.items()} for r in rows]}
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"family: small image {result['family_small_image_mb']} MB; {result['family_layer_mb']} MB of layers "
               f"(both arches); zlib -6 one core {z6:.2f} s; official-style {official:.2f} s; {os.cpu_count()} cores")
-        print(f"{'run':20} {'seconds':>8} {'MB':>8} {'MB/s':>8} {'peak RSS':>9}  notes")
+        print(f"{'run':20} {'seconds':>8} {'CPU s':>8} {'MB':>8} {'MB/s':>8} {'peak RSS':>9}  notes "
+              f"(seconds: median of {args.repeat} rounds)")
         for r in rows:
             notes = []
             if "vs_zlib6" in r:
-                notes.append(f"{r['vs_zlib6']:.2f}x zlib-6 time; official-style takes {r['official_style_over_ours']:.1f}x ours")
+                notes.append(f"{r['vs_zlib6']:.2f}x zlib-6 time; official-style takes {r['official_style_over_ours']:.1f}x "
+                             "ours (round 1)")
             if "layers_built" in r:
+                low, high = r["share_of_full_range"]
                 notes.append(f"{r['layers_built']} layers built holding {r['byte_share']:.0%} of the bytes: "
-                             f"{r['share_of_full']:.0%} of the full build ({r['above_noop_share']:.0%} with the "
-                             f"no-op's time taken from both); re-lock and fetch {r['relock_fetch_s']:.2f} s before it")
-            print(f"{r['run']:20} {r['seconds']:8.2f} {r['mb']:8.1f} {r['mb'] / r['seconds']:8.1f} "
+                             f"{r['share_of_full']:.0%} of the full build ({low:.0%}-{high:.0%}; CPU "
+                             f"{r['cpu_share_of_full']:.0%}; {r['above_noop_share']:.0%} with the no-op's time taken "
+                             f"from both); re-lock and fetch {r['relock_fetch_s']:.2f} s before it")
+            print(f"{r['run']:20} {r['seconds']:8.2f} {r['cpu_s']:8.2f} {r['mb']:8.1f} {r['mb'] / r['seconds']:8.1f} "
                   f"{r['peak_rss_mb']:7.1f}MB  {'; '.join(notes)}")
         print(f"wrote {args.json_out}")
         return 1 if max(r["peak_rss_mb"] for r in rows) > 250 else 0
