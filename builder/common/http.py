@@ -15,7 +15,6 @@ and a total deadline over all its attempts, on top of the per-read timeout
 """
 from __future__ import annotations
 
-import email.utils
 import io
 import math
 import os
@@ -47,6 +46,7 @@ def retry_after(value: Optional[str], now: Callable[[], float] = time.time) -> O
     try:
         secs = float(value)
     except ValueError:
+        import email.utils   # here: only a throttled registry sends a date (and the import costs every run)
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError, OverflowError):
