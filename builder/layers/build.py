@@ -177,10 +177,12 @@ def _post_install(fs: FileSystem, actions: set[str], contents: _Contents, epoch:
         put("/etc/login.conf.db", dbtools.cap_mkdb(contents.read(fs, ["/etc/login.conf"])["/etc/login.conf"]),
             0o644, "cap_mkdb")
     if "certctl" in actions:
-        inputs = sorted(p for p, n in fs.nodes.items() if certctl.wanted(p) and n.kind in ("file", "hardlink"))
-        below = sorted(p for p, n in parent.nodes.items() if certctl.wanted(p) and n.kind in ("file", "hardlink")) \
-            if parent is not None else None
-        if inputs != below or not _done_below(parent, fs, inputs, "certctl"):
+        def certs(tree: FileSystem) -> list[str]:
+            return sorted(p for p, n in tree.nodes.items() if certctl.wanted(p) and n.kind in ("file", "hardlink"))
+
+        inputs = certs(fs)
+        # an added or removed certificate is a changed input too
+        if parent is None or certs(parent) != inputs or not _done_below(parent, fs, inputs, "certctl"):
             for old in [p for p in fs.nodes if p.startswith(("/etc/ssl/certs/", "/etc/ssl/untrusted/",
                                                               "/etc/ssl/blacklisted/"))
                         and fs.nodes[p].source == "generated:certctl"]:

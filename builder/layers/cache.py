@@ -157,7 +157,7 @@ def _elf_fields() -> tuple[tuple[str, ...], frozenset[int]]:
     """ElfInfo's fields in order, and the positions of those that are tuples (lists in JSON)."""
     from builder.install.elf import ElfInfo
     names = tuple(f.name for f in dataclasses.fields(ElfInfo))
-    return names, frozenset(i for i, f in enumerate(names) if f in ("needed", "rpath", "runpath"))
+    return names, frozenset(i for i, f in enumerate(dataclasses.fields(ElfInfo)) if str(f.type).startswith("tuple"))
 
 
 def _nodes_from_docs(docs: list, blobs: bytes = b"") -> list:
@@ -180,8 +180,9 @@ class ScanCache:
     """What scanning a package found (its nodes, manifest, config files), keyed by the package's locked sum.
 
     The sum was verified when the package was fetched, and the scan is a pure function of the
-    package's bytes, its name, the arch and the epoch: a rebuild of one flavour then re-creates
-    its parents' filesystems without opening their packages. Entries are local files the builder
+    package's bytes, its name, the arch and the epoch: a rebuild of one flavour then has its
+    packages' manifests, and can re-create a parent's filesystem the layer cache does not hold,
+    without opening their packages. Entries are local files the builder
     wrote; a damaged one is a miss.
     """
 

@@ -80,6 +80,14 @@ class Run:
     stderr: str
 
 
+@dataclass(frozen=True)
+class Round:
+    full: Run
+    noop: Run
+    bump: Run
+    relock: float       # seconds of the untimed re-lock and fetch before the bump
+
+
 def _run(cmd: list[str], env: dict) -> Run:
     """One builder run in a child process: its wall and CPU seconds, peak RSS and stderr.
 
@@ -230,35 +238,32 @@ def main(argv=None) -> int:
             # re-lock and fetch untimed, as for the family: the build starts from a warm download cache
             relock = _run(["--project", str(ROOT), "lock", args.release, *where], env).seconds + _run(fetch, env).seconds
             bump = _run(build, env)
-            rounds.append((full, noop, bump, relock))
-        built = [l for l in rounds[-1][2].stderr.splitlines() if l.endswith(" built")]
+            rounds.append(Round(full, noop, bump, relock))
+        built = [l for l in rounds[-1].bump.stderr.splitlines() if l.endswith(" built")]
         bump_own = sorted({m["layers"][-1]["digest"] for (f, a), m in
                            _manifests(layout, args.release, ["amd64", "arm64"]).items() if f == "small"})
         bump_mb = _layer_bytes(layout, bump_own) / 1e6
 
         def med(f) -> float:
-            return median(f(*r) for r in rounds)
+            return median(map(f, rounds))
 
-        first = rounds[0][0].seconds   # the ratios: against the baselines timed right after it, in the same run
-        rows = [{"run": "family (cold layers)", "seconds": med(lambda full, noop, bump, relock: full.seconds),
-                 "cpu_s": med(lambda f, *_: f.cpu), "mb": raw / 1e6,
-                 "peak_rss_mb": max(r[0].peak_mb for r in rounds), "vs_zlib6": first / z6,
+        shares = [r.bump.seconds / r.full.seconds for r in rounds]
+        first = rounds[0].full.seconds   # the ratios: against the baselines timed right after it, in the same run
+        rows = [{"run": "family (cold layers)", "seconds": med(lambda r: r.full.seconds),
+                 "cpu_s": med(lambda r: r.full.cpu), "mb": raw / 1e6,
+                 "peak_rss_mb": max(r.full.peak_mb for r in rounds), "vs_zlib6": first / z6,
                  "official_style_over_ours": official / first},
-                {"run": "no-op rebuild", "seconds": med(lambda f, noop, *_: noop.seconds),
-                 "cpu_s": med(lambda f, noop, *_: noop.cpu), "mb": raw / 1e6,
-                 "peak_rss_mb": max(r[1].peak_mb for r in rounds)},
-                {"run": "one package bump", "seconds": med(lambda f, n, bump, r: bump.seconds),
-                 "cpu_s": med(lambda f, n, bump, r: bump.cpu), "mb": bump_mb,
-                 "peak_rss_mb": max(r[2].peak_mb for r in rounds), "layers_built": len(built),
+                {"run": "no-op rebuild", "seconds": med(lambda r: r.noop.seconds), "cpu_s": med(lambda r: r.noop.cpu),
+                 "mb": raw / 1e6, "peak_rss_mb": max(r.noop.peak_mb for r in rounds)},
+                {"run": "one package bump", "seconds": med(lambda r: r.bump.seconds), "cpu_s": med(lambda r: r.bump.cpu),
+                 "mb": bump_mb, "peak_rss_mb": max(r.bump.peak_mb for r in rounds), "layers_built": len(built),
                  "byte_share": bump_mb * 1e6 / raw,
                  # each round's own ratios (the machine's speed moves between rounds), then their median
-                 "share_of_full": med(lambda full, n, bump, r: bump.seconds / full.seconds),
-                 "share_of_full_range": [min(b.seconds / f.seconds for f, _, b, _ in rounds),
-                                         max(b.seconds / f.seconds for f, _, b, _ in rounds)],
-                 "cpu_share_of_full": med(lambda full, n, bump, r: bump.cpu / full.cpu),
-                 "above_noop_share": med(lambda full, noop, bump, r: (bump.seconds - noop.seconds)
-                                         / (full.seconds - noop.seconds)),
-                 "relock_fetch_s": med(lambda f, n, b, relock: relock)}]
+                 "share_of_full": median(shares), "share_of_full_range": [min(shares), max(shares)],
+                 "cpu_share_of_full": med(lambda r: r.bump.cpu / r.full.cpu),
+                 "above_noop_share": med(lambda r: (r.bump.seconds - r.noop.seconds)
+                                         / (r.full.seconds - r.noop.seconds)),
+                 "relock_fetch_s": med(lambda r: r.relock)}]
         if args.large_mb:
             big = work / "mirror-large"
             shutil.rmtree(big, ignore_errors=True)
