@@ -1,5 +1,9 @@
 """freebsd-images: the command line. It parses arguments, calls the stages and prints; nothing imports it.
 
+Every option is declared once, in OPTIONS; a command names the options it takes. Options not given on
+the command line are resolved in one place (``resolve``): from the option's environment variable, else
+its default.
+
 Exit codes: 0 success, 1 "differences/updates found" (diff, outdated, verify),
 2 a refusal or error the user can act on, 3 an unexpected failure (a bug:
 one line, the traceback with --debug), 130 interrupted.
@@ -12,46 +16,193 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
+from builder.common.log import Log
 from builder.errors import BuildError, ConfigError
 
 EXIT_REFUSED = 2
 EXIT_UNEXPECTED = 3
 
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+DESCRIPTION = ("Build FreeBSD OCI container images from pkgbase packages, reproducibly: lock a release's packages, "
+               "build its images, prove that a second build is identical, and publish them.")
+EPILOG = ("exit status: 0 success; 1 differences or updates found (diff, outdated, verify, verify-image); "
+          "2 a refusal or error you can act on; 3 an internal error (--debug shows the traceback); 130 interrupted")
 
 
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+@dataclass(frozen=True)
+class Option:
+    """One command-line argument, declared once: every command naming it gets the same flags, help and default."""
+    flags: tuple[str, ...]                  # ("--arch",), ("-q", "--quiet"); a positional: (its name,)
+    help: str
+    type: Optional[Callable[[str], Any]] = None
+    default: Any = None                     # when neither the command line nor ``env`` gives a value
+    env: Optional[str] = None               # read when the option is not given (an empty value is unset)
+    action: Optional[str] = None            # argparse's: store_true, append, count
+    nargs: Optional[str] = None
+    metavar: Optional[str] = None
+    choices: Optional[tuple[str, ...]] = None
+    required: bool = False
+    default_help: str = ""                  # the default in words, when its value does not say it
+    key: str = ""                           # the table's key, when two options share a flag (--out)
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags[0].startswith("-")
+
+    @property
+    def dest(self) -> str:
+        return self.flags[-1].lstrip("-").replace("-", "_")
+
+    def help_text(self) -> str:
+        shown = self.default_help or (str(self.default) if isinstance(self.default, (str, Path, int, float))
+                                      and not isinstance(self.default, bool) and self.action is None else "")
+        if self.env:
+            return f"{self.help} (default ${self.env}" + (f", else {shown})" if shown else ")")
+        return f"{self.help} (default {shown})" if shown else self.help
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        kw = {k: v for k, v in (("type", self.type), ("action", self.action), ("nargs", self.nargs),
+                                ("metavar", self.metavar), ("choices", self.choices)) if v is not None}
+        if self.positional:
+            parser.add_argument(self.dest, help=self.help_text(), **kw)
+        else:
+            # None: "not given", so that resolve() can tell the environment and the default apart
+            parser.add_argument(*self.flags, default=None, required=self.required, help=self.help_text(), **kw)
+
+    def value(self, given: Any, environ: Mapping[str, str]) -> Any:
+        if given is not None:
+            return given
+        raw = environ.get(self.env) if self.env else None
+        if raw:
+            if self.action == "store_true":
+                return True
+            try:
+                return self.type(raw) if self.type else raw
+            except ValueError:
+                raise BuildError(f"${self.env}={raw!r} is not a valid {self.flags[-1]}") from None
+        return self.default
+
+
+def _positional(name: str, help: str, **kw) -> Option:
+    return Option((name,), help, **kw)
+
+
+_ROWS = (
+    # global
+    Option(("--project",), "project directory holding families.yaml and releases/", type=Path,
+           env="FREEBSD_IMAGES_PROJECT", default_help="the current directory"),
+    Option(("--debug",), "on failure, print the whole chain of causes", action="store_true", default=False),
+    Option(("-q", "--quiet"), "print only results and errors", action="count", default=0),
+    Option(("-v", "--verbose"), "print more about what happens", action="count", default=0),
+    # where a release's packages come from and its lock lives
+    Option(("--arch",), "only this arch, FreeBSD or OCI name (repeatable)", action="append"),
+    Option(("--mirror",), "re-root repository URLs on this mirror", env="FREEBSD_IMAGES_MIRROR"),
+    Option(("--keys",), "trust this key directory instead (trusted/, revoked/, repo.pub)", type=Path,
+           env="FREEBSD_IMAGES_KEYS"),
+    Option(("--lock",), "lock file", type=Path, default_help="<lock-dir>/<release>.lock.json"),
+    Option(("--lock-dir",), "directory of lock files", type=Path, default_help="the project's releases/"),
+    Option(("--cache-dir",), "download cache", type=Path, default_help="$XDG_CACHE_HOME/freebsd-images"),
+    Option(("--family",), "image family: default (families.yaml) or NAME (families/NAME.yaml), e.g. official"),
+    Option(("--update",), "re-lock when the catalogues moved instead of refusing", action="store_true", default=False),
+    Option(("--allow-downgrade",), "accept catalogues older than the lock's, or locked packages going down (recorded)",
+           action="store_true", default=False),
+    # what to build
+    Option(("--release",), "only this release (repeatable)", action="append", key="releases"),
+    Option(("--release",), "build this release's family (with --all or --flavour)"),
+    Option(("--all",), "every flavour of --release", action="store_true", default=False),
+    Option(("--flavour",), "only this flavour (repeatable)", action="append"),
+    Option(("--out",), "output root; the layout is OUT/<release>/ (every family shares it: image names differ)",
+           type=Path, default=Path("build/out")),
+    Option(("--zstd",), "zstd-compressed layers instead of gzip", action="store_true", default=False),
+    Option(("--squash",), "one layer per image instead of one per flavour", action="store_true", default=False),
+    Option(("--archives",), "also write release archives and CHECKSUM files (OUT/<release>/release/, "
+           "release-<family>/ for another family), signed with --sign-key", action="store_true", default=False),
+    Option(("--jobs",), "arches built in parallel", type=int, default=2),
+    Option(("--workers",), "compression processes (0: compress in the builder's own process; never changes the "
+           "bytes)", type=int, default=os.cpu_count() or 1, default_help="one per core"),
+    Option(("--no-layer-cache",), "build every layer even when the layer cache has it (the cache never changes "
+           "the bytes)", action="store_true", default=False),
+    Option(("--epoch",), "SOURCE_DATE_EPOCH for this build instead of the lock's (changes every digest)", type=int),
+    Option(("--work",), "keep both builds here", type=Path, default_help="a temporary directory, removed"),
+    # registries and signatures
+    Option(("--to",), "registry and namespace to publish to, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd "
+           "(nightly without it: build and verify only)", env="FREEBSD_IMAGES_REGISTRY"),
+    Option(("--insecure",), "plain HTTP to the registry (local registries only)", action="store_true", default=False,
+           env="FREEBSD_IMAGES_REGISTRY_INSECURE"),
+    Option(("--user",), "registry user name", env="FREEBSD_IMAGES_REGISTRY_USER"),
+    Option(("--password-env",), "environment variable holding the registry password or token",
+           default="FREEBSD_IMAGES_REGISTRY_PASSWORD"),
+    Option(("--image",), "only this image name (repeatable)", action="append"),
+    Option(("--chunk-size",), "PATCH chunk size for large blobs", type=int, default=8 << 20, default_help="8 MiB"),
+    Option(("--sign-key",), "sign with this OpenPGP secret key: a key file, or a key id or fingerprint in "
+           "$GNUPGHOME (a passphrase comes from $FREEBSD_IMAGES_SIGN_PASSPHRASE)", metavar="KEY",
+           env="FREEBSD_IMAGES_SIGN_KEY"),
+    Option(("--lookaside",), "directory of the image signatures, laid out as the lookaside (registries.d) skopeo and "
+           "podman read: written with --sign-key (nightly: OUT/lookaside without this), read by verify-image",
+           type=Path, env="FREEBSD_IMAGES_LOOKASIDE"),
+    Option(("--key",), "public key file: the signatures (and signed provenance) must verify with it", type=Path),
+    Option(("--lock",), "the repository's lock file: the provenance and SBOM must match it", type=Path,
+           key="expected-lock"),
+    # nightly
+    Option(("--out",), "output root: layouts, state/, report/ (and lookaside/)", type=Path,
+           default=Path("build/nightly"), env="FREEBSD_IMAGES_OUT", key="nightly-out"),
+    Option(("--state-dir",), "where the last published locks live", type=Path, default_help="OUT/state"),
+    Option(("--report-dir",), "report.md and report.json", type=Path, default_help="OUT/report"),
+    Option(("--no-verify",), "skip the second, perturbed build", action="store_true", default=False),
+    # generate
+    Option(("--out",), "mirror root to write <ABI>/<repo>/ into", type=Path, required=True, key="mirror-out"),
+    Option(("--seed",), "seed of every generated byte: another seed, another mirror", default="freebsd-images"),
+    Option(("--scale",), "payload size factor (1 = ~2 MB small image)", type=float, default=1.0),
+    Option(("--version",), "base package version", default_help="<release>p1 or <major>.snap<date>"),
+    Option(("--bump",), "give one package another version (repeatable)", action="append", metavar="PKG=VERSION",
+           default=()),
+    Option(("--zstd-level",), "zstd level of the generated packages", type=int, default=3),
+    # output and the rest
+    Option(("--json",), "machine-readable output (JSON)", action="store_true", default=False),
+    Option(("--dry-run",), "show what would be done, change nothing", action="store_true", default=False),
+    Option(("--out",), "the workflow file", type=Path, default_help="<project>/ci/github-nightly.yml",
+           key="workflow-out"),
+    Option(("--check",), "exit 1 if the file on disk is stale", action="store_true", default=False),
+)
+OPTIONS: dict[str, Option] = {o.key or o.flags[-1].lstrip("-"): o for o in _ROWS}   # two rows, one key: a test fails
+
+GLOBAL_OPTIONS = ("project", "debug", "quiet", "verbose")
+RELEASE_OPTIONS = ("arch", "mirror", "keys", "lock", "lock-dir", "cache-dir", "family")
+SELECT_OPTIONS = ("release", "all", "flavour", "zstd", "squash", "update", "allow-downgrade") + RELEASE_OPTIONS
+
+RELEASE = _positional("release", "release name, e.g. 14.2")
+IMAGES = _positional("images", "image to build, e.g. freebsd14.2-minimal", nargs="*", metavar="IMAGE")
+LAYOUT = _positional("layout", "OCI layout written by build (e.g. build/out/14.2)", type=Path)
+
+
+class Command(NamedTuple):
+    arguments: tuple[Option, ...]           # its positionals, then the options it takes
+    func: Callable[[argparse.Namespace], int]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, options: tuple[str, ...] = (), positionals: tuple[Option, ...] = ()):
     def register(fn):
-        COMMANDS[name] = (configure, fn, help)
+        COMMANDS[name] = Command(tuple(positionals) + tuple(OPTIONS[k] for k in options), fn, help)
         return fn
     return register
 
 
-class Out:
-    """Where a command's words go: results on stdout, progress on stderr unless -q, details with -v."""
-
-    def __init__(self, verbosity: int):
-        self.verbosity = verbosity
-
-    # One write per line: arches build in threads, and print() writes the newline separately.
-    def log(self, msg: str) -> None:
-        if self.verbosity >= 0:
-            sys.stderr.write(msg + "\n")
-
-    def detail(self, msg: str) -> None:
-        if self.verbosity > 0:
-            sys.stderr.write(msg + "\n")
-
-    def warn(self, msg: str) -> None:
-        sys.stderr.write(f"warning: {msg}\n")
-
-
-def _out(args) -> Out:
-    return Out(getattr(args, "verbose", 0) - getattr(args, "quiet", 0))
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> argparse.Namespace:
+    """The parsed arguments, each option not given taken from its environment variable, else its default (the
+    one place the command line reads the environment), and the run's ``log``."""
+    # by position: a test swaps a command for a plain (arguments, func, help) tuple
+    rows = tuple(OPTIONS[k] for k in GLOBAL_OPTIONS) + tuple(COMMANDS[args.command][0])
+    values = dict(vars(args))
+    values.update((o.dest, o.value(values.get(o.dest), environ)) for o in rows)
+    return argparse.Namespace(**values, log=Log(values["verbose"] - values["quiet"]), _loaded_project=None)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -64,41 +215,17 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _project(args):
     # loaded once per command: every release-level step shares it
-    if getattr(args, "_loaded_project", None) is None:
+    if args._loaded_project is None:
         from builder.config.project import load_project
         args._loaded_project = load_project(args.project)
     return args._loaded_project
 
 
-# --- shared options ----------------------------------------------------------------------
-
-def add_release_options(p: argparse.ArgumentParser, release_positional: bool = True) -> None:
-    if release_positional:
-        p.add_argument("release", help="release name, e.g. 14.2")
-    p.add_argument("--arch", action="append", help="only this arch, FreeBSD or OCI name (repeatable)")
-    p.add_argument("--mirror", default=None, help="re-root repository URLs on this mirror (or $FREEBSD_IMAGES_MIRROR)")
-    p.add_argument("--keys", type=Path, default=None,
-                   help="trust this key directory instead (trusted/, revoked/, repo.pub; or $FREEBSD_IMAGES_KEYS)")
-    p.add_argument("--lock", type=Path, default=None, help="lock file (default <lock-dir>/<release>.lock.json)")
-    p.add_argument("--lock-dir", type=Path, default=None, help="directory of lock files (default the project's releases/)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $XDG_CACHE_HOME/freebsd-images)")
-    _family_option(p)
-
-
-def _allow_downgrade(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-downgrade", action="store_true",
-                   help="accept catalogues older than the lock's, or locked packages going down (recorded)")
-
-
-def _where(args):
-    from builder.runs.context import Where
-    return Where(project=args.project, arches=tuple(args.arch or ()), mirror=args.mirror, keys=args.keys,
-                 lock=args.lock, lock_dir=args.lock_dir, cache_dir=args.cache_dir, family=args.family)
-
-
 def _context(args, release: Optional[str] = None):
-    from builder.runs.context import Context
-    return Context.open(_where(args), release or args.release, _project(args))
+    from builder.runs.context import Context, RunOptions
+    opts = RunOptions(project=args.project, arches=tuple(args.arch or ()), mirror=args.mirror, keys=args.keys,
+                      lock=args.lock, lock_dir=args.lock_dir, cache_dir=args.cache_dir, family=args.family)
+    return Context.open(opts, release or args.release, _project(args))
 
 
 # --- project ------------------------------------------------------------------------------
@@ -112,20 +239,8 @@ def cmd_check(args) -> int:
     return 0
 
 
-def _family_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", default=None,
-                   help="image family: default (families.yaml) or NAME (families/NAME.yaml), e.g. official")
-
-
-def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--release", action="append", help="only this release (repeatable)")
-    p.add_argument("--flavour", action="append", help="only this flavour (repeatable)")
-    p.add_argument("--arch", action="append", help="only this arch, FreeBSD or OCI name (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    _family_option(p)
-
-
-@command("plan", "list the targets (image x release x arch) and their package sets", _plan_args)
+@command("plan", "list the targets (image x release x arch) and their package sets",
+         options=("releases", "flavour", "arch", "json", "family"))
 def cmd_plan(args) -> int:
     from builder.config.plan import targets
     ts = targets(_project(args), args.release, args.flavour, args.arch, args.family)
@@ -138,20 +253,10 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("release", help="release name, e.g. 14.2")
-    p.add_argument("--out", required=True, type=Path, help="mirror root to write <ABI>/<repo>/ into")
-    p.add_argument("--arch", action="append", help="only this FreeBSD arch (repeatable)")
-    p.add_argument("--seed", default="freebsd-images")
-    p.add_argument("--scale", type=float, default=1.0, help="payload size factor (1 = ~2 MB small image)")
-    p.add_argument("--version", help="base package version (default: <release>p1 or <major>.snap<date>)")
-    p.add_argument("--bump", action="append", default=[], metavar="PKG=VERSION",
-                   help="give one package another version (repeatable)")
-    p.add_argument("--zstd-level", type=int, default=3)
-
-
-@command("generate", "write a deterministic offline pkgbase mirror for a release", _generate_args)
+@command("generate", "write a deterministic offline pkgbase mirror for a release",
+         options=("mirror-out", "arch", "seed", "scale", "version", "bump", "zstd-level"), positionals=(RELEASE,))
 def cmd_generate(args) -> int:
+    from builder.common.epoch import source_date_epoch
     from builder.gen.repo import GenOptions, generate, tree_size
     rel = _project(args).release(args.release)
     bumps = []
@@ -160,10 +265,11 @@ def cmd_generate(args) -> int:
         if not sep:
             raise BuildError(f"--bump wants PKG=VERSION, got {b!r}")
         bumps.append((name, ver))
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "1731456000"))
-    opts = GenOptions(seed=args.seed, scale=args.scale, epoch=epoch, version=args.version,
-                      bumps=tuple(bumps), zstd_level=args.zstd_level)
-    summary = generate(rel, args.out, args.arch, opts)
+    epoch = source_date_epoch()
+    opts = GenOptions(seed=args.seed, scale=args.scale, epoch=1731456000 if epoch is None else epoch,
+                      version=args.version, bumps=tuple(bumps), zstd_level=args.zstd_level)
+    arches = [rel.arch(a).name for a in args.arch] if args.arch else None
+    summary = generate(rel, args.out, arches, opts)
     for r in summary["repositories"]:
         print(f"wrote {r}")
     print(f"version {summary['version']}, {tree_size(args.out) / 1e6:.1f} MB; trust keys in {args.out / 'keys'}")
@@ -173,15 +279,15 @@ def cmd_generate(args) -> int:
 # --- resolve ------------------------------------------------------------------------------
 
 @command("lock", "resolve every flavour and arch of a release and write its lock file",
-         lambda p: (add_release_options(p), _allow_downgrade(p)))
+         options=RELEASE_OPTIONS + ("allow-downgrade",), positionals=(RELEASE,))
 def cmd_lock(args) -> int:
     from builder.resolve.lock import fetch_catalogues, load_lock, relock, stale_catalogues, write_lock
     ctx = _context(args)
-    out = _out(args)
-    cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
-    for s in stale_catalogues(cats, ctx.release.catalogue_max_age):
-        out.warn(s)
-    lock, _ = relock(ctx.release, ctx.family, cats, load_lock(ctx.lock_path), args.allow_downgrade, out.warn)
+    release = ctx.source.release
+    cats = fetch_catalogues(ctx.source.transport, release, ctx.arches)
+    for s in stale_catalogues(cats, release.catalogue_max_age):
+        args.log.warn(s)
+    lock, _ = relock(release, ctx.family, cats, load_lock(ctx.lock_path), args.allow_downgrade, args.log.warn)
     changed = write_lock(ctx.lock_path, lock)
     n = sum(len(a.packages) for a in lock.arches.values())
     print(f"{'wrote' if changed else 'unchanged'} {ctx.lock_path}: {n} packages over {len(lock.arches)} arches, "
@@ -190,80 +296,48 @@ def cmd_lock(args) -> int:
 
 
 @command("outdated", "list locked packages whose version moved in the catalogues (exit 1 if any)",
-         lambda p: (add_release_options(p), p.add_argument("--json", action="store_true")))
+         options=RELEASE_OPTIONS + ("json",), positionals=(RELEASE,))
 def cmd_outdated(args) -> int:
     from builder.resolve.lock import fetch_catalogues, load_lock, outdated
     ctx = _context(args)
     lock = load_lock(ctx.lock_path)
     if lock is None:
-        raise BuildError(f"no lock file at {ctx.lock_path}; run `freebsd-images lock {ctx.release.name}` first")
-    ups = outdated(lock, fetch_catalogues(ctx.transport, ctx.release, ctx.arches))
+        raise BuildError(f"no lock file at {ctx.lock_path}; run `freebsd-images lock {ctx.name}` first")
+    ups = outdated(lock, fetch_catalogues(ctx.source.transport, ctx.source.release, ctx.arches))
     if args.json:
         print(json.dumps([u.to_json() for u in ups], indent=2))
     else:
         for u in ups:
             print(f"{u.name} {u.old} \u2192 {u.new or '(removed)'} ({', '.join(u.arches)})")
         if not ups:
-            print(f"{ctx.release.name}: up to date")
+            print(f"{ctx.name}: up to date")
     return 1 if ups else 0
 
 
 @command("fetch", "download a release's locked packages into the cache",
-         lambda p: (add_release_options(p), p.add_argument("--update", action="store_true"), _allow_downgrade(p)))
+         options=RELEASE_OPTIONS + ("update", "allow-downgrade"), positionals=(RELEASE,))
 def cmd_fetch(args) -> int:
     ctx = _context(args)
-    lock = ctx.ensure_lock(args.update, _out(args).warn, args.allow_downgrade)
+    lock = ctx.ensure_lock(args.update, args.log.warn, args.allow_downgrade)
     for arch in ctx.arches:
         paths = ctx.fetch_locked(lock, arch)
-        print(f"{arch}: {len(paths)} packages verified in {ctx.cache.root}")
+        print(f"{arch}: {len(paths)} packages verified in {ctx.source.cache.root}")
     return 0
 
 
 @command("mirror", "copy a release's catalogues and locked packages into a local repository tree",
-         lambda p: (add_release_options(p), p.add_argument("dest", type=Path)))
+         options=RELEASE_OPTIONS,
+         positionals=(RELEASE, _positional("dest", "directory to copy into, as <ABI>/<repo>/", type=Path)))
 def cmd_mirror(args) -> int:
     from builder.runs.mirror import mirror_release
     ctx = _context(args)
-    lock = ctx.ensure_lock(warn=_out(args).warn)
+    lock = ctx.ensure_lock(warn=args.log.warn)
     for abi, n in mirror_release(ctx, lock, args.dest).items():
         print(f"{abi}: mirrored {n} packages into {args.dest / abi}")
     return 0
 
 
 # --- build --------------------------------------------------------------------------------
-
-def _build_args(p) -> None:
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image to build, e.g. freebsd14.2-minimal")
-    p.add_argument("--release", help="build this release's family (with --all or --flavour)")
-    p.add_argument("--all", action="store_true", help="every flavour of --release")
-    p.add_argument("--flavour", action="append", help="only this flavour of --release (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("build/out"),
-                   help="output root; the layout is OUT/<release>/ (every family shares it: image names differ)")
-    p.add_argument("--zstd", action="store_true", help="zstd-compressed layers instead of gzip")
-    p.add_argument("--squash", action="store_true", help="one layer per image instead of one per flavour")
-    p.add_argument("--archives", action="store_true",
-                   help="also write release archives and CHECKSUM files (OUT/<release>/release/, "
-                        "release-<family>/ for another family)")
-    _sign_key(p, "with --archives, sign CHECKSUM.SHA256/SHA512 (detached, armoured: CHECKSUM.*.asc)")
-    p.add_argument("--update", action="store_true", help="re-lock when the catalogues moved instead of refusing")
-    _allow_downgrade(p)
-    p.add_argument("--jobs", type=int, default=2, help="arches built in parallel")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="compression processes (default: one per core; 0: compress in the builder's own "
-                        "process; never changes the bytes)")
-    p.add_argument("--no-layer-cache", action="store_true",
-                   help="build every layer even when the layer cache has it (the cache never changes the bytes)")
-    p.add_argument("--epoch", type=int, default=None,
-                   help="SOURCE_DATE_EPOCH for this build instead of the lock's (changes every digest)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_release_options(p, release_positional=False)
-
-
-def _sign_key(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--sign-key", default=os.environ.get("FREEBSD_IMAGES_SIGN_KEY") or None, metavar="KEY",
-                   help=f"{what}: an OpenPGP secret key file, or a key id or fingerprint in $GNUPGHOME "
-                        "(default $FREEBSD_IMAGES_SIGN_KEY; a passphrase comes from $FREEBSD_IMAGES_SIGN_PASSPHRASE)")
-
 
 def _selected(args) -> dict[str, list[str]]:
     from builder.config.plan import select
@@ -273,34 +347,30 @@ def _selected(args) -> dict[str, list[str]]:
     return chosen
 
 
-@command("build", "build images into an OCI layout (one per release) under --out", _build_args)
+@command("build", "build images into an OCI layout (one per release) under --out",
+         options=SELECT_OPTIONS + ("out", "archives", "sign-key", "jobs", "workers", "no-layer-cache", "epoch", "json"),
+         positionals=(IMAGES,))
 def cmd_build(args) -> int:
-    from builder.oci.archive import archive_dir, write_archives
-    from builder.runs.images import build_release, human_size
-    out = _out(args)
+    from builder.runs.archives import write_release_archives
+    from builder.runs.images import ImageOptions, build_release, human_size
     rows, doc = [], []
     for rel, flavours in _selected(args).items():
         ctx = _context(args, rel)
-        lock = ctx.ensure_lock(args.update, out.warn, args.allow_downgrade, check=False)
-        rb = build_release(ctx, lock, args.out, flavours, "zstd" if args.zstd else "gzip", args.squash, args.jobs,
-                           log=out.log, warn=out.warn, epoch=args.epoch, workers=args.workers,
-                           use_cache=not args.no_layer_cache)
+        lock = ctx.ensure_lock(args.update, args.log.warn, args.allow_downgrade, check=False)
+        opts = ImageOptions(flavours=tuple(flavours), compression="zstd" if args.zstd else "gzip", squash=args.squash,
+                            epoch=args.epoch, jobs=args.jobs, workers=args.workers, use_cache=not args.no_layer_cache)
+        rb = build_release(ctx, lock, args.out, opts, args.log)
         if args.archives:
-            written = write_archives(rb, ctx.declared, args.out / rel / archive_dir(ctx.family.name))
-            if getattr(args, "sign_key", None):
-                from builder.oci.sign import Signer, sign_files
-                with Signer.open(args.sign_key) as signer:
-                    written += sign_files(signer, [w for w in written if w.name.startswith("CHECKSUM.")])
-            for path in written:
-                out.log(f"wrote {path}")
+            for path in write_release_archives(rb, ctx, args.out, args.sign_key):
+                args.log.info(f"wrote {path}")
         for img in rb.images:
             rows.append([f"{img.name}:{img.tags[0]}", img.platform, str(len(img.layers)), human_size(img.size),
                          img.manifest.digest])
             doc.append(img.to_json() | {"layout": str(rb.layout), "index": rb.indexes[img.name].digest,
                                         "family": rb.family, "revision": rb.revision,
                                         "revision_in_image": rb.revision_in_images})
-        out.log(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch} "
-                f"from {rb.epoch_source})")
+        args.log.info(f"{rel}: layout {rb.layout} ({rb.blobs_written} new blobs, SOURCE_DATE_EPOCH {rb.epoch} "
+                      f"from {rb.epoch_source})")
     if args.json:
         print(json.dumps({"images": doc}, indent=2))
     else:
@@ -308,8 +378,8 @@ def cmd_build(args) -> int:
     return 0
 
 
-@command("gc", "remove blobs no ref of an OCI layout reaches",
-         lambda p: (p.add_argument("layout", type=Path), p.add_argument("--dry-run", action="store_true")))
+@command("gc", "remove blobs no ref of an OCI layout reaches", options=("dry-run",),
+         positionals=(_positional("layout", "OCI layout to collect", type=Path),))
 def cmd_gc(args) -> int:
     from builder.oci.layout import Layout
     gone = Layout(args.layout).gc(args.dry_run)
@@ -319,64 +389,47 @@ def cmd_gc(args) -> int:
 
 # --- publish ------------------------------------------------------------------------------
 
-def _publish_args(p) -> None:
-    p.add_argument("layout", type=Path, help="OCI layout written by build (e.g. build/out/14.2)")
-    p.add_argument("--to", required=True, help="registry and namespace, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd")
-    p.add_argument("--image", action="append", help="only this image name (repeatable)")
-    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
-                   help="plain HTTP, local registries only (default $FREEBSD_IMAGES_REGISTRY_INSECURE)")
-    p.add_argument("--dry-run", action="store_true", help="show what would be pushed, push nothing")
-    p.add_argument("--user", default=os.environ.get("FREEBSD_IMAGES_REGISTRY_USER"),
-                   help="user name (default $FREEBSD_IMAGES_REGISTRY_USER)")
-    p.add_argument("--password-env", default="FREEBSD_IMAGES_REGISTRY_PASSWORD",
-                   help="environment variable holding the password or token")
-    p.add_argument("--chunk-size", type=int, default=8 << 20, help="PATCH chunk size for large blobs")
-    p.add_argument("--json", action="store_true", help="print push statistics as JSON")
-    _sign_key(p, "sign every pushed index and platform manifest (simple signing) and the provenance (DSSE)")
-    p.add_argument("--lookaside", type=Path, default=os.environ.get("FREEBSD_IMAGES_LOOKASIDE") or None,
-                   help="directory to write signatures into, laid out as skopeo/podman read a lookaside "
-                        "(registries.d) (default $FREEBSD_IMAGES_LOOKASIDE; needed with --sign-key)")
-
-
 @contextlib.contextmanager
-def _signing(args):
+def _signing(sign_key: Optional[str], lookaside: Optional[Path]):
     """The signing plan of --sign-key/--lookaside, or None; the temporary keyrings go on exit."""
-    if not getattr(args, "sign_key", None):
+    if not sign_key:
         yield None
         return
     from builder.oci.sign import Signer, SigningPlan, Verifier
-    if not args.lookaside:
+    if not lookaside:
         raise BuildError("--sign-key needs --lookaside (or $FREEBSD_IMAGES_LOOKASIDE): where the signatures go")
-    with Signer.open(args.sign_key) as signer, Verifier.of_signer(signer) as verifier:
-        yield SigningPlan(signer, verifier, Path(args.lookaside))
+    with Signer.open(sign_key) as signer, Verifier.of_signer(signer) as verifier:
+        yield SigningPlan(signer, verifier, Path(lookaside))
 
 
-@command("publish", "push a layout's images (blobs, manifests, multi-arch indexes, tags) to a registry", _publish_args)
+@command("publish", "push a layout's images (blobs, manifests, multi-arch indexes, tags) to a registry",
+         options=("to", "image", "insecure", "dry-run", "user", "password-env", "chunk-size", "json", "sign-key",
+                  "lookaside"),
+         positionals=(LAYOUT,))
 def cmd_publish(args) -> int:
     from builder.oci.layout import Layout
-    from builder.oci.registry import (Registry, credentials, foreign_base_names, parse_destination, publish,
-                                      targets_in_layout)
+    from builder.oci.registry import Registry, credentials, foreign_base_names, publish, targets_in_layout
+    if not args.to:
+        raise BuildError("publish needs --to HOST/NAMESPACE (or $FREEBSD_IMAGES_REGISTRY)")
     if not (args.layout / "index.json").exists():
         raise BuildError(f"{args.layout}: not an OCI layout (no index.json)")
     layout = Layout(args.layout)
-    host, ns = parse_destination(args.to)
-    reg = Registry(host, insecure=args.insecure, auth=credentials(args.user, args.password_env),
-                   chunk_size=args.chunk_size, monolithic_max=args.chunk_size)
+    reg, ns = Registry.for_destination(args.to, args.insecure, credentials(args.user, args.password_env),
+                                       chunk_size=args.chunk_size, monolithic_max=args.chunk_size)
     targets = targets_in_layout(layout, args.image)
     if not targets:
         raise BuildError(f"{args.layout}: no image to publish" + (f" named {', '.join(args.image)}" if args.image else ""))
-    foreign = foreign_base_names(layout, targets, host, ns)
+    foreign = foreign_base_names(layout, targets, reg.host, ns)
     if foreign:
-        _out(args).warn(f"these images name parents outside {host}/{ns} (base.name, set at build time from the "
-                        f"release file's publish.namespace): {', '.join(foreign[:3])}"
-                        + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""))
-    with _signing(args) as signing:
-        stats = publish(layout, reg, ns, targets, args.dry_run, log=_out(args).log, signing=signing)
-    summary = {"images": len(targets), **stats.to_json(), "dry_run": args.dry_run}
+        args.log.warn(f"these images name parents outside {reg.host}/{ns} (base.name, set at build time from the "
+                      f"release file's publish.namespace): {', '.join(foreign[:3])}"
+                      + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""))
+    with _signing(args.sign_key, args.lookaside) as signing:
+        stats = publish(layout, reg, ns, targets, args.dry_run, log=args.log.info, signing=signing)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({"images": len(targets), **stats.to_json(), "dry_run": args.dry_run}, indent=2))
     else:
-        print(f"{host}/{ns}: {len(targets)} images; blobs uploaded {stats.uploaded} ({stats.uploaded_bytes} bytes), "
+        print(f"{reg.host}/{ns}: {len(targets)} images; blobs uploaded {stats.uploaded} ({stats.uploaded_bytes} bytes), "
               f"mounted {stats.mounted}, already there {stats.skipped}; manifests pushed {stats.manifests}, "
               f"unchanged {stats.manifests_skipped}; referrers pushed {stats.referrers}, unchanged "
               f"{stats.referrers_unchanged}; signatures written {stats.signatures}"
@@ -385,7 +438,8 @@ def cmd_publish(args) -> int:
 
 
 @command("assemble", "merge per-arch layouts (e.g. CI artifacts) into one layout with multi-arch indexes",
-         lambda p: (p.add_argument("dest", type=Path), p.add_argument("layouts", type=Path, nargs="+")))
+         positionals=(_positional("dest", "layout to write (created when missing)", type=Path),
+                      _positional("layouts", "per-arch layouts to merge into it", type=Path, nargs="+")))
 def cmd_assemble(args) -> int:
     from builder.oci.assemble import assemble
     refs = assemble(args.dest, args.layouts)
@@ -396,9 +450,9 @@ def cmd_assemble(args) -> int:
 # --- prove --------------------------------------------------------------------------------
 
 @command("diff", "explain every difference between two builds (layouts, release archives or docker:// refs)",
-         lambda p: (p.add_argument("a"), p.add_argument("b"),
-                    p.add_argument("--json", action="store_true", help="machine-readable output"),
-                    p.add_argument("--insecure", action="store_true", help="plain HTTP for docker:// refs")))
+         options=("json", "insecure"),
+         positionals=(_positional("a", "a build: an OCI layout, a release archive or a docker:// ref"),
+                      _positional("b", "the other build, likewise")))
 def cmd_diff(args) -> int:
     from builder.prove.diff import diff, to_json
     diffs = diff(args.a, args.b, args.insecure)
@@ -407,23 +461,23 @@ def cmd_diff(args) -> int:
     elif diffs:
         for d in diffs:
             print(d.human())
-        _out(args).log(f"{len(diffs)} differences")
+        args.log.info(f"{len(diffs)} differences")
     else:
         print("identical")
     return 1 if diffs else 0
 
 
 @command("verify", "build twice under perturbation (TZ, umask, locale, hash seed, cache, parallelism) and diff",
-         lambda p: (_build_args(p), p.add_argument("--work", type=Path, help="keep both builds here")))
+         options=SELECT_OPTIONS + ("work",), positionals=(IMAGES,))
 def cmd_verify(args) -> int:
     from builder.oci.layout import Layout
-    from builder.prove.verify import VerifyRequest, verify
+    from builder.runs.verify import VerifyRequest, verify
     status = 0
     for rel, flavours in _selected(args).items():
         ctx = _context(args, rel)
-        ctx.ensure_lock(args.update, _out(args).warn, args.allow_downgrade)
+        ctx.ensure_lock(args.update, args.log.warn, args.allow_downgrade)
         req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, tuple(flavours), tuple(args.arch or ()),
-                            ctx.mirror, ctx.keys, args.zstd, args.squash, ctx.family.name)
+                            ctx.source.mirror, ctx.source.keys, args.zstd, args.squash, ctx.family.name)
         res = verify(req, args.work and args.work / rel)
         if res.differences:
             status = 1
@@ -435,19 +489,10 @@ def cmd_verify(args) -> int:
     return status
 
 
-def _verify_image_args(p) -> None:
-    p.add_argument("ref", help="DIR:NAME:TAG (an OCI layout) or docker://HOST/REPO:TAG (or @sha256:...)")
-    p.add_argument("--key", type=Path, help="public key file: the signatures (and signed provenance) must verify with it")
-    p.add_argument("--lookaside", type=Path, default=os.environ.get("FREEBSD_IMAGES_LOOKASIDE") or None,
-                   help="the signatures' lookaside directory (default $FREEBSD_IMAGES_LOOKASIDE)")
-    p.add_argument("--lock", type=Path, help="the repository's lock file: the provenance and SBOM must match it")
-    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
-                   help="plain HTTP for docker:// refs")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 @command("verify-image", "check an image's signature, SBOM (against its own local.sqlite) and provenance (against "
-                         "the lock); exit 1 naming each mismatch", _verify_image_args)
+                         "the lock); exit 1 naming each mismatch",
+         options=("key", "lookaside", "expected-lock", "insecure", "json"),
+         positionals=(_positional("ref", "DIR:NAME:TAG (an OCI layout) or docker://HOST/REPO:TAG (or @sha256:...)"),))
 def cmd_verify_image(args) -> int:
     from builder.prove.verify_image import verify_image
     findings = verify_image(args.ref, args.key, args.lock, args.lookaside, args.insecure)
@@ -463,53 +508,33 @@ def cmd_verify_image(args) -> int:
 
 # --- release-level runs -------------------------------------------------------------------
 
-def _nightly_args(p) -> None:
-    p.add_argument("releases", nargs="*", metavar="RELEASE", help="release lines (default: every file in releases/)")
-    p.add_argument("--to", default=os.environ.get("FREEBSD_IMAGES_REGISTRY"),
-                   help="publish to HOST/NAMESPACE (default $FREEBSD_IMAGES_REGISTRY; none: build and verify only)")
-    p.add_argument("--insecure", action="store_true", default=bool(os.environ.get("FREEBSD_IMAGES_REGISTRY_INSECURE")),
-                   help="plain HTTP registry (default $FREEBSD_IMAGES_REGISTRY_INSECURE)")
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("FREEBSD_IMAGES_OUT", "build/nightly")))
-    p.add_argument("--state-dir", type=Path, default=None, help="where the last published locks live (default OUT/state)")
-    p.add_argument("--report-dir", type=Path, default=None, help="report.md and report.json (default OUT/report)")
-    p.add_argument("--no-verify", action="store_true", help="skip the second, perturbed build")
-    _sign_key(p, "sign what is published (images, provenance)")
-    p.add_argument("--lookaside", type=Path, default=os.environ.get("FREEBSD_IMAGES_LOOKASIDE") or None,
-                   help="where signatures go (default $FREEBSD_IMAGES_LOOKASIDE, else OUT/lookaside)")
-    _allow_downgrade(p)
-    add_release_options(p, release_positional=False)
-    p.set_defaults(keys=Path(os.environ["FREEBSD_IMAGES_KEYS"]) if os.environ.get("FREEBSD_IMAGES_KEYS") else None)
-
-
 @command("nightly", "release engineering's nightly: outdated, lock, build, verify, publish what changed, report",
-         _nightly_args)
+         options=("to", "insecure", "user", "password-env", "nightly-out", "state-dir", "report-dir", "no-verify",
+                  "sign-key", "lookaside", "allow-downgrade") + RELEASE_OPTIONS,
+         positionals=(_positional("releases", "release lines (default: every file in releases/)", nargs="*",
+                                  metavar="RELEASE"),))
 def cmd_nightly(args) -> int:
     from builder.oci.registry import credentials
     from builder.runs.nightly import NightlyOptions, run
     releases = args.releases or list(_project(args).releases)
     opts = NightlyOptions(to=args.to, insecure=args.insecure, out=args.out,
                           state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
-                          verify=not args.no_verify, auth=credentials(os.environ.get("FREEBSD_IMAGES_REGISTRY_USER")),
+                          verify=not args.no_verify, auth=credentials(args.user, args.password_env),
                           allow_downgrade=args.allow_downgrade)
-    if args.sign_key and not args.lookaside:
-        args.lookaside = args.out / "lookaside"
-    with _signing(args) as signing:
-        report = run([_context(args, r) for r in releases], replace(opts, signing=signing), _out(args).log)
-    for r in report["releases"]:
-        acts: dict[str, int] = {}
-        for img in r["images"]:
-            acts[img["action"]] = acts.get(img["action"], 0) + 1
-        print(f"{r['release']}: reproducible={r['reproducible']} "
+    with _signing(args.sign_key, args.lookaside or args.out / "lookaside") as signing:
+        report = run([_context(args, r) for r in releases], replace(opts, signing=signing), args.log)
+    for r in report.releases:
+        acts = Counter(img.action for img in r.images)
+        print(f"{r.release}: reproducible={r.reproducible} "
               + ", ".join(f"{n} {a}" for a, n in sorted(acts.items()))
-              + f"; {len(r['changed_since_last_publish'])} package changes")
+              + f"; {len(r.changed_since_last_publish)} package changes")
     print(f"report: {opts.report_dir / 'report.md'}")
-    return 1 if any(r["reproducible"] is False for r in report["releases"]) else 0
+    return 1 if any(r.reproducible is False for r in report.releases) else 0
 
 
 @command("ci", "CI helpers: `ci render` writes the GitHub Actions nightly workflow (ci/github-nightly.yml)",
-         lambda p: (p.add_argument("action", choices=["render"]),
-                    p.add_argument("--out", type=Path, default=None, help="default <project>/ci/github-nightly.yml"),
-                    p.add_argument("--check", action="store_true", help="exit 1 if the file on disk is stale")))
+         options=("workflow-out", "check"),
+         positionals=(_positional("action", "what to do: render the workflow", choices=("render",)),))
 def cmd_ci(args) -> int:
     from builder.common.atomic import atomic_write_bytes
     from builder.runs.ci import is_current, render_workflow, workflow_path
@@ -530,17 +555,15 @@ def cmd_ci(args) -> int:
 # --- entry --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="freebsd-images", description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, default=None,
-                        help="project directory holding families.yaml and releases/ (default: $FREEBSD_IMAGES_PROJECT or .)")
-    parser.add_argument("--debug", action="store_true", help="on failure, print the whole chain of causes")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="print only results and errors")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="print more about what happens")
+    parser = argparse.ArgumentParser(prog="freebsd-images", description=DESCRIPTION, epilog=EPILOG)
+    for key in GLOBAL_OPTIONS:
+        OPTIONS[key].add_to(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (configure, fn, help_) in COMMANDS.items():
+    for name, (arguments, fn, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        configure(p)
+        for option in arguments:
+            option.add_to(p)
         p.set_defaults(func=fn)
     return parser
 
@@ -558,6 +581,7 @@ def _causes(exc: BaseException) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        args = resolve(args, os.environ)
         return args.func(args)
     except ConfigError as exc:
         for d in exc.diagnostics:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import json
 import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-from builder.layers.build import BuildOptions, build_arch
-from builder.runs.context import Context, Where
+from builder.common.log import Log
+from builder.layers.build import build_arch
+from builder.layers.plan import LayerOptions
+from builder.runs.context import Context, RunOptions
 from builder.oci.layout import Layout
-from tests.conftest import PKGREPO, ROOT
+from tests.conftest import PKGREPO, demo_project  # noqa: F401  (demo_project: one implementation, conftest's)
 
 KEYS = PKGREPO / "keys"
 REFERENCE = PKGREPO / "reference" / "FreeBSD:14:amd64"
@@ -54,7 +55,7 @@ def reference_project(tmp_path: Path) -> Path:
 
 
 def context(project: Path, release: str = "14.2", cache: Path | None = None, **kw) -> Context:
-    where = Where(project=project, arches=tuple(kw.get("arch") or ()), mirror=kw.get("mirror"), keys=kw.get("keys"),
+    where = RunOptions(project=project, arches=tuple(kw.get("arch") or ()), mirror=kw.get("mirror"), keys=kw.get("keys"),
                   lock=kw.get("lock"), lock_dir=kw.get("lock_dir"), cache_dir=cache)
     return Context.open(where, release)
 
@@ -68,18 +69,9 @@ def build_one_arch(ctx: Context, arch: str, out: Path, epoch: int = 1731456000, 
 
     paths = ctx.fetch_locked(lock, arch)
     more = {"warn": warn} if warn is not None else {}
-    results = build_arch(ctx.project.family, ctx.project.release(ctx.release.name), arch, lock.arches[arch],
-                         paths, BuildOptions(epoch=epoch, **opts), sink, **more)
+    results = build_arch(ctx.family, ctx.target.release, arch, lock.arches[arch],
+                         paths, LayerOptions(epoch=epoch, **opts), sink, **more)
     return results, layout
-
-
-def demo_project(tmp_path: Path) -> Path:
-    dst = tmp_path / "project"
-    dst.mkdir()
-    shutil.copy(ROOT / "families.yaml", dst)
-    for d in ("releases", "templates", "keys"):
-        shutil.copytree(ROOT / d, dst / d)
-    return dst
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -92,7 +84,7 @@ MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 def reachable_by_hand(root: Path) -> set[str]:
     """Every digest an OCI layout's index.json reaches, walked here with plain JSON, following the
-    image-spec (index -> manifests, manifest -> config and layers) rather than Layout.reachable()."""
+    image-spec (index -> manifests, manifest -> config and layers) rather than the layout's own walk."""
     blobs = Path(root) / "blobs" / "sha256"
     seen: set[str] = set()
     todo = list(json.loads((Path(root) / "index.json").read_text())["manifests"])
@@ -135,4 +127,28 @@ def build_demo_family(mirror: Path, tmp: Path):
     ctx = context(demo_project(tmp), cache=tmp / "cache", mirror=f"file://{mirror}", keys=mirror / "keys",
                   lock_dir=tmp / "locks")
     lock = ctx.ensure_lock()
-    return build_release(ctx, lock, tmp / "out", log=lambda m: None), ctx, tmp
+    return build_release(ctx, lock, tmp / "out", log=Log(-1)), ctx, tmp
+
+
+def tree(fs) -> list[tuple[str, str, int, int, str]]:
+    """(path, type, mode, size, sha256-or-target) per node of a filesystem model: what a consumer of
+    the image should see (compared with what umoci unpacks)."""
+    out = []
+    for p in sorted(fs.nodes, key=lambda p: tuple(p.strip("/").split("/"))):
+        n = fs.nodes[p]
+        kind = {"file": "f", "hardlink": "f", "dir": "d", "symlink": "l"}[n.kind]
+        out.append((p, kind, n.mode, n.size if kind == "f" else 0,
+                    n.target if kind == "l" else (n.sha256 if kind == "f" else "")))
+    return out
+
+
+def read_members(path: Path, what: str, wanted: set[str]) -> dict[str, bytes]:
+    """Whole members of a package or catalogue archive, by name."""
+    from builder.common.archive import iter_tar
+    out: dict[str, bytes] = {}
+    with open(path, "rb") as fh:
+        for member, tar in iter_tar(fh, what):
+            if member.name in wanted and member.isfile():
+                f = tar.extractfile(member)
+                out[member.name] = f.read() if f else b""
+    return out

@@ -4,22 +4,39 @@ from pathlib import Path
 
 import pytest
 
+from tests.registry import RegistryServer
+from tests.tools import require
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PKGREPO = FIXTURES / "pkgbase-repo"
 ETC = FIXTURES / "freebsd-13.2-etc"
 
 
-@pytest.fixture
-def project_copy(tmp_path):
-    """A writable copy of the project's declarative files."""
+def demo_project(tmp_path: Path) -> Path:
+    """A writable copy of the project's declarative files (families.yaml, releases/, templates/, keys/)
+    at tmp_path/project: the project_copy fixture, for tests that want it under another tmp dir."""
     dst = tmp_path / "project"
     dst.mkdir()
     shutil.copy(ROOT / "families.yaml", dst)
-    shutil.copytree(ROOT / "releases", dst / "releases")
-    shutil.copytree(ROOT / "templates", dst / "templates")
-    shutil.copytree(ROOT / "keys", dst / "keys")
+    for d in ("releases", "templates", "keys"):
+        shutil.copytree(ROOT / d, dst / d)
     return dst
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """A writable copy of the project's declarative files."""
+    return demo_project(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A real registry (Debian's docker-registry) on 127.0.0.1, one per module; tests using it are marked tools."""
+    require("docker-registry")
+    srv = RegistryServer(tmp_path_factory.mktemp("registry"))
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ scripts' calls of our CLI extracted after shell-variable expansion.
 Running (:class:`Runner`): one job and one matrix cell at a time, each in a
 fresh directory with its own workspace and HOME, as on a fresh runner. The
 actions we use are stood in for: ``actions/checkout`` copies the project,
-``actions/setup-python`` makes a venv of the current interpreter (with the
-system site-packages, where the dependencies already are), a
+``actions/setup-python`` makes a venv of the current interpreter that sees the
+running environment's site-packages (where the dependencies already are), a
 ``pip install -e .`` step installs the checkout into that venv the way an
 editable install does (a .pth file and the console scripts, no network),
 ``actions/upload-artifact``/``download-artifact`` copy to and from a local
@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -361,8 +362,14 @@ class Runner:
             shutil.copytree(self.project, workspace, ignore=COPY_IGNORE, dirs_exist_ok=True)
         elif action == "actions/setup-python":
             venv = root / "python"
-            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                           check=True)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            # The runner's dependencies are the running environment's: a venv made from a venv's python
+            # is based on the base interpreter, whose site-packages (--system-site-packages) may hold
+            # nothing. A .pth naming this environment's site directories shows the new venv what the
+            # test process has, and nothing else.
+            purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+            purelib.mkdir(parents=True, exist_ok=True)
+            (purelib / "_running_environment.pth").write_text("".join(f"{d}\n" for d in site.getsitepackages()))
             state["venv"] = venv
             state["path"].insert(0, str(venv / "bin"))
         elif action == "actions/upload-artifact":

@@ -28,8 +28,7 @@ from builder.runs.ci import ACTIONS, REPRODUCE_ENVS, render_workflow, reproduce_
 from tests.conftest import ROOT
 from tests.ghactions import (Runner, StepFailed, check_artifacts, check_cli_calls, check_matrices,
                              check_matrix_references, expand_matrix, load_workflow, matched_artifacts, needs)
-from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
-from tests.tools import require
+from tests.tools import TOOLS, require
 
 WORKFLOW = ROOT / "ci" / "github-nightly.yml"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -247,7 +246,8 @@ def order(wf: dict, jobs: list[str]) -> list[str]:
     return out
 
 
-def test_workflow_steps_run_for_one_release_arch(wf, project, demo_mirror, registry, tmp_path):  # noqa: F811
+@pytest.mark.tools
+def test_workflow_steps_run_for_one_release_arch(wf, project, demo_mirror, registry, tmp_path):
     require(*TOOLS)
     release, arch = "14.2", "amd64"
     ns = f"{registry.host}/nightly-ci"

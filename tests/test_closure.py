@@ -19,7 +19,6 @@ from builder.install import closure, elf
 from builder.config.family import AcceptMiss
 from builder.install.fsmodel import FileSystem, Node
 from builder.install.scan import scan_package
-from builder.runs.nightly import markdown
 from tests.buildutil import build_one_arch, context, demo_project, reference_project
 from tests.conftest import PKGREPO
 from tests.test_config import pos
@@ -378,18 +377,3 @@ def test_static_key_is_a_boolean_and_accepts_are_inherited(project_copy):
     assert family.resolve("static").static and not family.resolve("base").static
     assert family.resolve("small").accept_missing == (AcceptMiss("/usr/bin/x", "libx.so.1", "why"),)
     assert family.resolve("base").accept_missing == ()
-
-
-def test_nightly_markdown_shows_closure_counts():
-    closure_json = {"elf_files": 116, "dynamic": 115, "libraries": 46, "needed": 245, "unresolved": 1,
-                    "accepted": [{"elf": "/usr/bin/x", "package": "p", "soname": "libx.so.1", "kind": "library",
-                                  "reason": "not needed here"}]}
-    report = {"releases": [{"release": "14.2", "source_date_epoch": 1, "reproducible": True,
-                            "changed_since_last_publish": [], "differences": [],
-                            "images": [{"image": "freebsd14.2-small", "tags": ["14.2"], "action": "published",
-                                        "platforms": [{"platform": "amd64", "layers": 4, "size": 1000,
-                                                       "digest": "sha256:x", "closure": closure_json}]}]}]}
-    md = markdown(report)
-    assert "| ELF files | dynamic | libraries | unresolved |" in md
-    assert "| 116 | 115 | 46 | 1 |" in md
-    assert "- freebsd14.2-small (amd64): /usr/bin/x needs libx.so.1: not needed here" in md

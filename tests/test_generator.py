@@ -11,9 +11,9 @@ import pytest
 from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
 from builder.install.pkgfile import PackageReader
-from builder.common import archive
 from builder.resolve import catalogue, checksum, signature
 from tests.conftest import PKGREPO, ROOT
+from tests.buildutil import read_members
 
 OPTIONAL_EXTRA = {"shlibs_required", "shlibs_provided"}
 
@@ -22,7 +22,7 @@ def load_catalogue(repo: Path, mode: str, keys: Path, member_kind: str = "data")
     meta = catalogue.Meta.parse((repo / "meta.conf").read_text(), str(repo / "meta.conf"))
     member = meta.data if member_kind == "data" else meta.manifests
     arc = "data.pkg" if member_kind == "data" else "packagesite.pkg"
-    members = archive.read_members(repo / arc, arc, {member, member + ".sig", member + ".pub", "signature"})
+    members = read_members(repo / arc, arc, {member, member + ".sig", member + ".pub", "signature"})
     signature.verify(members, member, mode, str(repo), fingerprints=keys, pubkey=keys / "repo.pub")
     return catalogue.parse_catalogue(member, members[member], "base", str(repo), meta), list(members)
 
@@ -169,7 +169,7 @@ def test_scale_grows_payload(tmp_path):
     rel = load_release(ROOT / "releases/14.2.yaml", ROOT)
     generate(rel, tmp_path / "s1", arches=["amd64"], opts=GenOptions(scale=1))
     generate(rel, tmp_path / "s3", arches=["amd64"], opts=GenOptions(scale=3))
-    flat = lambda d: sum(json.loads(l)["flatsize"] for l in archive.read_members(
+    flat = lambda d: sum(json.loads(l)["flatsize"] for l in read_members(
         d / "FreeBSD:14:amd64/base_release_2/packagesite.pkg", "x", {"packagesite.yaml"})["packagesite.yaml"].splitlines())
     from builder.gen.packages import base_packages
     bulk = sum(p.bulk_kb for p in base_packages("amd64", "x", "")) * 1024

@@ -21,7 +21,6 @@ import requests
 import zstandard
 
 from builder.cli import main
-from builder.common import archive
 from builder.common.http import CHUNK, RetryPolicy, Transport
 from builder.config.release import Repository
 from builder.errors import BuildError
@@ -32,6 +31,7 @@ from builder.resolve.cache import Cache
 from builder.resolve.catalogue import RemotePackage
 from builder.resolve.client import META_LIMIT, fetch_catalogue, fetch_package
 from tests import bounded
+from tests.buildutil import read_members
 from tests.conftest import ROOT
 from tests.httpfaults import ScriptedServer, endless, reply
 
@@ -312,7 +312,7 @@ def _resign_data(repo: Path, data: bytes, mode: str = "fingerprints") -> None:
 
 def _retype_manifest(repo: Path, name: str, field: str, value) -> None:
     """Give one package's +MANIFEST a wrong-typed field, and re-sign the catalogue to match."""
-    doc = json.loads(archive.read_members(repo / "data.pkg", "data.pkg", {"data"})["data"])
+    doc = json.loads(read_members(repo / "data.pkg", "data.pkg", {"data"})["data"])
     entry = next(e for e in doc["packages"] if e["name"] == name)
     path = repo / entry["repopath"]
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes())).read()

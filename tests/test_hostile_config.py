@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.common.log import Log
 from builder.cli import main
 from builder.config.project import load_project
 from builder.errors import BuildError, ConfigError
@@ -82,6 +83,6 @@ def test_tags_from_package_data_are_refused_before_anything_is_written(demo_mirr
     hostile = dataclasses.replace(lock, arches={"amd64": dataclasses.replace(
         al, packages={**al.packages, "FreeBSD-runtime": dataclasses.replace(runtime, version=version)})})
     with pytest.raises(BuildError) as e:
-        build_release(ctx, hostile, tmp_path / "out", log=lambda m: None)
+        build_release(ctx, hostile, tmp_path / "out", log=Log(-1))
     assert "FreeBSD-runtime" in str(e.value) and "not a valid OCI tag" in str(e.value)
     assert not (tmp_path / "out").exists() or not any(os.scandir(tmp_path / "out"))

@@ -453,14 +453,17 @@ def test_post_install_reads_every_path_of_a_hard_linked_file_the_same_on_every_c
     # depend on whether an earlier flavour of the same build asked first
     from builder.install.fsmodel import FileSystem
     from builder.install.scan import install
-    from builder.layers.build import _Contents
+    from builder.layers.source import PackageSource
+    from builder.resolve.lock import ArchLock, LockedPackage
     pkg = make_pkg(tmp_path / "c.pkg", [entry("usr/share/certs/trusted/a.pem", data=b"CERT"),
                                         entry("usr/share/certs/trusted/b.pem", tarfile.LNKTYPE,
                                               linkname="usr/share/certs/trusted/a.pem")])
     sp = scan_package(pkg, "FreeBSD-evil", "amd64", EPOCH)
     fs = FileSystem()
     install(fs, sp)
-    contents = _Contents(lambda name: pkg, lambda name: sp)
+    locked = ArchLock(abi="FreeBSD:14:amd64", catalogues={}, flavours={},
+                      packages={"FreeBSD-evil": LockedPackage("FreeBSD-evil", "o", "1", "base", "c.pkg", 0, sp.sha256)})
+    contents = PackageSource("14.2/amd64", "amd64", EPOCH, locked, {"FreeBSD-evil": pkg})
     paths = ["/usr/share/certs/trusted/a.pem", "/usr/share/certs/trusted/b.pem"]
     first, second = contents.read(fs, paths), contents.read(fs, paths)
     assert first == second == {p: b"CERT" for p in paths}

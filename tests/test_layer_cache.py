@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from builder.common.log import Log
 from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
 from tests.conftest import ROOT
@@ -148,7 +149,7 @@ def test_a_layer_is_built_on_its_parents_cached_filesystem(demo_mirror, tmp_path
         ctx = context(tmp_path / "project", cache=tmp_path / "cache", mirror=f"file://{demo_mirror}",
                       keys=demo_mirror / "keys", lock_dir=tmp_path / "locks")
         made.clear()
-        build_release(ctx, ctx.ensure_lock(), tmp_path / "out", log=lambda m: None)   # the layout the cache checks
+        build_release(ctx, ctx.ensure_lock(), tmp_path / "out", log=Log(-1))   # the layout the cache checks
         return index_refs(tmp_path / "out" / RELEASE)
 
     loaded = rebuild()

@@ -11,10 +11,10 @@ from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
 from tests.buildutil import demo_project
 from tests.conftest import ROOT
-from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
-from tests.tools import require
+from tests.tools import TOOLS, require
 
 RELEASE = "14.2"
+pytestmark = pytest.mark.tools   # a real registry and skopeo
 
 
 def night(project, out, env):
@@ -23,7 +23,7 @@ def night(project, out, env):
     return json.loads((out / "report" / "report.json").read_text())["releases"][0], (out / "report" / "report.md").read_text()
 
 
-def test_nightly_end_to_end(tmp_path, registry):  # noqa: F811
+def test_nightly_end_to_end(tmp_path, registry):
     require(*TOOLS)
     mirror = tmp_path / "mirror"
     rel = load_release(ROOT / "releases" / f"{RELEASE}.yaml", ROOT)

@@ -404,7 +404,8 @@ def test_build_refuses_pkg_configuration_without_its_trust_roots():
     put(fs, "/usr/local/etc/pkg/repos/base.conf", b'# enable it\nFreeBSD-base: {\n  signature_type = "fingerprints";\n'
                                                   b'  fingerprints = "/usr/share/keys/pkgbase-15"; enabled = yes;\n}\n')
     read = lambda paths: {p: fs.nodes[p].data for p in paths}
-    assert pkgconf.trusted_dirs(fs, read) == {"FreeBSD-ports": "/usr/share/keys/pkg",
+    assert {n: r["fingerprints"] for n, r in pkgconf.repositories(fs, read).items()
+            if r.get("signature_type", "").lower() == "fingerprints"} == {"FreeBSD-ports": "/usr/share/keys/pkg",
                                               "FreeBSD-base": "/usr/share/keys/pkgbase-15"}
     found = pkgconf.problems(fs, read)
     assert len(found) == 2 and all("pkg would refuse" in p for p in found)

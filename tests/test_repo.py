@@ -232,11 +232,11 @@ def test_lock_is_stable_and_outdated_lists_moves(project_copy, capsys):
 
 
 def test_build_refuses_catalogue_that_lost_a_locked_package(project_copy):
-    from builder.runs.context import Context, Where
+    from builder.runs.context import Context, RunOptions
     write_fixture_release(project_copy)
     assert main(["--project", str(project_copy), "lock", "14.2"]) == 0
     write_fixture_release(project_copy, "base_release_2-14.2p2")
-    where = Where(project=project_copy)
+    where = RunOptions(project=project_copy)
     with pytest.raises(BuildError, match="FreeBSD-clibs is locked at 14.2p1 but the catalogue has 14.2p2"):
         Context.open(where, "14.2").ensure_lock()
     Context.open(where, "14.2").ensure_lock(update=True)

@@ -8,10 +8,9 @@ import shutil
 import pytest
 
 from builder.cli import main
-from builder.common import archive
 from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
-from tests.buildutil import demo_project
+from tests.buildutil import demo_project, read_members
 from tests.conftest import ROOT
 from tests.test_hostile import _resign_data
 
@@ -83,7 +82,7 @@ def test_nightly_refuses_and_records_an_accepted_downgrade(locked_at_p2, tmp_pat
 def test_signed_package_paths_cannot_leave_the_repository(tmp_path, repopath, capsys):
     mirror = _mirror(tmp_path / "m", OLD)
     repo = mirror / "FreeBSD:14:amd64" / "base_release_2"
-    doc = json.loads(archive.read_members(repo / "data.pkg", "data.pkg", {"data"})["data"])
+    doc = json.loads(read_members(repo / "data.pkg", "data.pkg", {"data"})["data"])
     entry = next(e for e in doc["packages"] if e["name"] == "FreeBSD-zoneinfo")
     entry["repopath"] = entry["path"] = repopath
     _resign_data(repo, json.dumps(doc).encode())

@@ -25,13 +25,12 @@ from builder.oci.attest import INTOTO_MT, SPDX_MT, license_expression
 from builder.oci.layout import Layout, canonical
 from builder.oci.registry import Registry, publish, referrers_tag, targets_in_layout
 from builder.oci.sign import DSSE_MT, Signer, SigningPlan, Verifier, pae
-from builder.runs.images import project_commit
-from tests.buildutil import build_demo_family, demo_project, run
+from builder.runs.images import git_commit
+from tests.buildutil import build_demo_family, demo_project, reachable_by_hand, run
 from tests.conftest import ROOT
 from tests.registry import LocalHttp
 from tests.test_build import build_args
-from tests.test_oci import TOOLS, registry  # noqa: F401  (the registry fixture)
-from tests.tools import require, under_ci
+from tests.tools import TOOLS, require, under_ci
 
 RELEASE = "14.2"
 NAME = "org.opencontainers.image.ref.name"
@@ -234,10 +233,10 @@ def test_sbom_and_provenance_are_byte_identical_across_builds(family, demo_mirro
         # a project outside a git checkout says so, and that is the same in both builds
         assert bd["internalParameters"]["project_commit"] == "unknown" and "project" not in deps
         assert st["predicate"]["runDetails"]["builder"]["version"]["freebsd-images"]
-    assert project_commit(tmp) == "unknown"
+    assert git_commit(tmp) is None
     if (ROOT / ".git").exists() and shutil.which("git"):
         head = run(["git", "-C", str(ROOT), "rev-parse", "HEAD"]).stdout.strip()
-        assert project_commit(ROOT) == head
+        assert git_commit(ROOT) == head
 
 
 def test_gc_and_assemble_keep_referrers_and_drop_orphans(family, tmp_path):
@@ -264,7 +263,7 @@ def test_gc_and_assemble_keep_referrers_and_drop_orphans(family, tmp_path):
     # the artifact manifests and documents of the gone image's referrers went with it
     assert {d[7:] for (s, _), (m, _) in before.items() if s in small
             for d in (Layout.digest_of(canonical(m)), m["layers"][0]["digest"])} <= gone
-    assert {"sha256:" + p.name for p in lay.blobs.iterdir()} == lay.reachable()
+    assert {"sha256:" + p.name for p in lay.blobs.iterdir()} == reachable_by_hand(lay.root)
 
 
 # --- publish, signatures ---------------------------------------------------------------------
@@ -289,7 +288,7 @@ def _pull(skopeo: list[str], ref: str, dest: Path) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def published(family, registry, keys, tmp_path_factory):  # noqa: F811
+def published(family, registry, keys, tmp_path_factory):
     require(*TOOLS)
     rb, _, _ = family
     tmp = tmp_path_factory.mktemp("published")
@@ -306,7 +305,8 @@ def published(family, registry, keys, tmp_path_factory):  # noqa: F811
     return rb, layout, lookaside, stats, tmp
 
 
-def test_publish_lists_sbom_and_provenance_in_the_referrers_tag(published, registry):  # noqa: F811
+@pytest.mark.tools
+def test_publish_lists_sbom_and_provenance_in_the_referrers_tag(published, registry):
     rb, layout, _, stats, _ = published
     # docker-registry 2.8 has no referrers API: the tag schema is what clients find
     assert stats.referrer_tags == 8 and stats.referrers == 8 * 3
@@ -328,7 +328,8 @@ def test_publish_lists_sbom_and_provenance_in_the_referrers_tag(published, regis
         assert Layout.digest_of(canonical(attached[(digest, INTOTO_MT)][0])) in {m["digest"] for m in by_type[INTOTO_MT]}
 
 
-def test_skopeo_accepts_the_signed_images_and_refuses_other_keys_and_replaced_manifests(published, registry, keys,  # noqa: F811
+@pytest.mark.tools
+def test_skopeo_accepts_the_signed_images_and_refuses_other_keys_and_replaced_manifests(published, registry, keys,
                                                                                          capsys):
     rb, layout, lookaside, _, tmp = published
     good = _policy(tmp, registry.host, keys["public"], lookaside)
@@ -372,7 +373,8 @@ def test_skopeo_accepts_the_signed_images_and_refuses_other_keys_and_replaced_ma
     assert _pull(good, image, tmp / "pulled").returncode == 0
 
 
-def test_dsse_provenance_verifies_with_plain_gpg(published, registry, keys, tmp_path):  # noqa: F811
+@pytest.mark.tools
+def test_dsse_provenance_verifies_with_plain_gpg(published, registry, keys, tmp_path):
     _, layout, _, _, _ = published
     reg = Registry(registry.host, insecure=True)
     home = tmp_path / "gnupg"
@@ -401,7 +403,8 @@ def test_dsse_provenance_verifies_with_plain_gpg(published, registry, keys, tmp_
     assert checked == 8
 
 
-def test_second_signed_publish_writes_nothing(published, registry, keys, capsys):  # noqa: F811
+@pytest.mark.tools
+def test_second_signed_publish_writes_nothing(published, registry, keys, capsys):
     rb, layout, lookaside, _, _ = published
     files = sorted(str(p) for p in lookaside.rglob("signature-*"))
     assert len(files) == 4 * 3 * 2        # (index + 2 platform manifests) x 2 tags, per image
@@ -425,7 +428,8 @@ def test_second_signed_publish_writes_nothing(published, registry, keys, capsys)
     assert sorted(str(p) for p in lookaside.rglob("signature-*")) == files
 
 
-def test_verify_image_on_the_published_image(published, registry, keys, family, capsys):  # noqa: F811
+@pytest.mark.tools
+def test_verify_image_on_the_published_image(published, registry, keys, family, capsys):
     rb, _, lookaside, _, _ = published
     _, _, tmp = family
     image = f"docker://{registry.host}/signed/freebsd{RELEASE}-minimal:14.2p1"
@@ -502,7 +506,8 @@ class ReferrersProxy(LocalHttp):
         self.start(Handler)
 
 
-def test_the_referrers_api_is_used_when_the_registry_has_one(family, registry, tmp_path):  # noqa: F811
+@pytest.mark.tools
+def test_the_referrers_api_is_used_when_the_registry_has_one(family, registry, tmp_path):
     require(*TOOLS)
     rb, _, tmp = family
     layout = Layout(rb.layout)
@@ -617,7 +622,8 @@ def test_verify_image_passes_on_a_fresh_build_and_names_each_mismatch(family, tm
 
 # --- nightly -------------------------------------------------------------------------------
 
-def test_nightly_signs_what_it_publishes_and_reports_referrers(demo_mirror, registry, keys, tmp_path):  # noqa: F811
+@pytest.mark.tools
+def test_nightly_signs_what_it_publishes_and_reports_referrers(demo_mirror, registry, keys, tmp_path):
     require(*TOOLS)
     project = demo_project(tmp_path)
     out = tmp_path / "nightly"

@@ -11,6 +11,10 @@ import shutil
 
 import pytest
 
+# The independent OCI tools. A test that needs any of them (under CI it fails without them) is
+# marked tools, so that pytest -m "not tools" runs exactly the tests that need none of them.
+TOOLS = ("skopeo", "umoci", "oci-image-tool", "docker-registry")
+
 DEBIAN_PACKAGE = {
     "skopeo": "skopeo", "umoci": "umoci", "oci-image-tool": "oci-image-tool",
     "docker-registry": "docker-registry", "diffoscope": "diffoscope-minimal", "sqlite3": "sqlite3",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import lzma
 import tarfile
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator
 
 import zstandard
 
@@ -23,14 +23,3 @@ def iter_tar(raw: BinaryIO, what: str, limit=None) -> Iterator[tuple[tarfile.Tar
                 yield member, tar
     except (tarfile.TarError, zstandard.ZstdError, lzma.LZMAError, OSError, EOFError) as exc:
         raise BuildError(f"{what}: corrupt archive: {exc}") from exc
-
-
-def read_members(path, what: str, wanted: set[str], limit: Optional[int] = 256 << 20) -> dict[str, bytes]:
-    """Read whole small members (catalogue files, signatures) by name."""
-    out: dict[str, bytes] = {}
-    with open(path, "rb") as fh:
-        for member, tar in iter_tar(fh, what, limit):
-            if member.name in wanted and member.isfile():
-                f = tar.extractfile(member)
-                out[member.name] = f.read() if f else b""
-    return out

@@ -66,3 +66,17 @@ def atomic_output(path: Path, mode: int = 0o644, durable: bool = True) -> Iterat
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
     with atomic_output(path, mode, durable) as fh:
         fh.write(data)
+
+
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Write ``data`` atomically unless the file already holds exactly it; True when written.
+
+    An unchanged file keeps its mtime: make and CI caches see no change where there is none."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(data) + 1) == data:
+                return False
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(path, data, mode)
+    return True

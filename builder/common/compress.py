@@ -18,7 +18,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Optional, Union
 
 import deflate
 import zstandard
@@ -74,9 +74,10 @@ class Limit:
 class Bounded(io.RawIOBase):
     """Refuse to yield more than ``limit`` decompressed bytes (archive bombs)."""
 
-    def __init__(self, inner: BinaryIO, limit, what: str):
+    def __init__(self, inner: BinaryIO, limit: Union[int, Limit, None], what: str):
         self._inner = inner
-        self._limit = limit
+        # a Limit may be tightened while the stream is read (pkgfile: once the manifest is known)
+        self._limit = limit if isinstance(limit, Limit) else Limit(limit)
         self._seen = 0
         self._what = what
 
@@ -86,7 +87,7 @@ class Bounded(io.RawIOBase):
     def readinto(self, b) -> int:
         data = self._inner.read(len(b))
         self._seen += len(data)
-        limit = getattr(self._limit, "value", self._limit)
+        limit = self._limit.value
         if limit is not None and self._seen > limit:
             raise BuildError(f"{self._what}: decompresses to more than {limit} bytes; refusing (archive bomb?)")
         b[:len(data)] = data

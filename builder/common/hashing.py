@@ -1,9 +1,19 @@
-"""A writer that hashes and counts what passes through it (digests without a second read)."""
+"""Hashing: of a file, and writers/readers that hash what passes through them (digests without a second read)."""
 from __future__ import annotations
 
 import hashlib
 import io
-from typing import BinaryIO, Optional
+from pathlib import Path
+from typing import BinaryIO, Optional, Union
+
+
+def file_digest(path: Union[str, Path], algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in pieces: memory stays flat whatever its size."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class HashingWriter(io.RawIOBase):

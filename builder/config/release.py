@@ -12,7 +12,7 @@ import jinja2
 from builder.common import templates
 
 from builder.config import schema as S
-from builder.config.family import PKG_NAME
+from builder.config.family import PKG_NAME, Family
 from builder.config.yamlsrc import Located, load_file
 from builder.errors import BuildError, ConfigError, Diagnostic
 
@@ -76,9 +76,9 @@ class Release:
     def branch_kind(self) -> str:
         return BRANCH_KIND.get(self.kind, self.kind.upper())
 
-    def for_family(self, family) -> "Release":
+    def for_family(self, family: Family) -> "Release":
         """This release with a family's own naming (image name, tags, archive ref) where it declares one."""
-        img = getattr(family, "image", None)
+        img = family.image
         if img is None:
             return self
         return replace(self, image_name=img.name or self.image_name,

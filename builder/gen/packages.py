@@ -110,13 +110,8 @@ CA_ROOTS = ("Demo_Root_CA_Alpha", "Demo_Root_CA_Bravo", "Demo_Root_CA_Charlie", 
 CA_UNTRUSTED = ("Demo_Revoked_Root_CA",)
 
 
-def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_conf: Optional[bytes] = None,
-                  trust: Optional[dict[str, bytes]] = None) -> list[GenPackage]:
-    """The base repository. ``major`` >= 15 gives FreeBSD 15's: its package names, the packages of
-    FreeBSD's notoolchain image, a FreeBSD-set-devel-sized toolchain and the FreeBSD-set-*
-    metapackages; FreeBSD-pkg-bootstrap then ships ``pkg_conf`` as /etc/pkg/FreeBSD.conf and the
-    ``trust`` files ({image path: content}), as FreeBSD 15's does."""
-    f = Filler(f"{seed}/{arch}")
+def _core_packages(arch: str, f: Filler, seed: str) -> list[GenPackage]:
+    """The vital base: runtime, C libraries, OpenSSL, the CA roots and certctl."""
     kb = 1024
     libc = ("libc.so.7",)
     runtime_bins = ["/bin/sh", "/bin/ls", "/bin/cat", "/bin/cp", "/bin/mv", "/bin/rm", "/bin/mkdir",
@@ -187,6 +182,12 @@ def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_con
     certctl = GenPackage(
         "FreeBSD-certctl", "base/certctl", "Certificate management tool", deps=("FreeBSD-openssl",),
         files=[GenFile("/usr/sbin/certctl", data=b"#!/bin/sh\n# certctl: manage the trusted certificate store\n", mode=0o555)])
+    return [runtime, clibs, clibs_dev, openssl_lib, openssl, caroot, certctl]
+
+
+def _system_packages(arch: str, f: Filler) -> list[GenPackage]:
+    """Time zones, the hierarchy specs and the libraries the larger flavours need."""
+    kb = 1024
     zones = (("Etc/UTC", 0, "UTC"), ("Europe/London", 0, "GMT"), ("America/New_York", -18000, "EST"),
              ("Asia/Shanghai", 28800, "CST"), ("Europe/Berlin", 3600, "CET"), ("Asia/Tokyo", 32400, "JST"))
     zoneinfo = GenPackage(
@@ -227,6 +228,12 @@ def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_con
         files=[_exe("/usr/bin/fetch", arch, f, 2564), _lib("/usr/lib/libfetch.so.6", arch, f, 40 * kb)],
         shlibs_required=("libc.so.7", "libcrypto.so.30", "libssl.so.30"), shlibs_provided=("libfetch.so.6",),
         bulk_kb=20)
+    return [zoneinfo, mtree, kerberos, libarchive, libexecinfo, libucl, fetch]
+
+
+def _userland_packages(arch: str, f: Filler, ports_url: str) -> list[GenPackage]:
+    """rc, pkg's bootstrap, rescue, the utilities and their manual and debug packages."""
+    kb = 1024
     rc_files = ["DAEMON", "FILESYSTEMS", "LOGIN", "NETWORKING", "SERVERS", "cleanvar", "cron", "ldconfig",
                 "netif", "routing", "syslogd", "tmp"]
     rc = GenPackage(
@@ -274,8 +281,18 @@ def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_con
     runtime_dbg = GenPackage(
         "FreeBSD-runtime-dbg", "base/runtime-dbg", "FreeBSD Base System (Debugging Symbols)", deps=("FreeBSD-runtime",),
         files=[GenFile("/usr/lib/debug/bin/sh.debug", data=f.bytes(8 * kb), mode=0o444, elf="static")])
-    pkgs = [runtime, clibs, clibs_dev, openssl_lib, openssl, caroot, certctl, zoneinfo, mtree, kerberos,
-            libarchive, libexecinfo, libucl, fetch, rc, bootstrap, rescue, utilities, utilities_man, runtime_dbg]
+    return [rc, bootstrap, rescue, utilities, utilities_man, runtime_dbg]
+
+
+def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_conf: Optional[bytes] = None,
+                  trust: Optional[dict[str, bytes]] = None) -> list[GenPackage]:
+    """The base repository. ``major`` >= 15 gives FreeBSD 15's: its package names, the packages of
+    FreeBSD's notoolchain image, a FreeBSD-set-devel-sized toolchain and the FreeBSD-set-*
+    metapackages; FreeBSD-pkg-bootstrap then ships ``pkg_conf`` as /etc/pkg/FreeBSD.conf and the
+    ``trust`` files ({image path: content}), as FreeBSD 15's does."""
+    f = Filler(f"{seed}/{arch}")
+    # one Filler for all: the order the packages are made in is the order their bytes are drawn in
+    pkgs = _core_packages(arch, f, seed) + _system_packages(arch, f) + _userland_packages(arch, f, ports_url)
     if major >= 15:
         pkgs = fifteen(pkgs, arch, seed, pkg_conf, trust or {})
     for p in pkgs:

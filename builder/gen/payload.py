@@ -110,10 +110,6 @@ class Filler:
         return b"".join(self.rng.choices(self.chunks, k=k))[:n]
 
 
-def elf_file(arch: str, shared: bool, size: int, filler: Filler, **links) -> bytes:
-    """``elf_image`` around ``size`` filler bytes; ``links`` as for elf_image."""
-    return elf_image(arch, shared, filler.bytes(size), **links)
-
 
 def tzif(offset_seconds: int, abbrev: str) -> bytes:
     """A TZif version 2 file with one local time type and no transitions."""

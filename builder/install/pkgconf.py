@@ -175,9 +175,3 @@ def problems(fs: FileSystem, read: Callable[[list[str]], dict[str, bytes]]) -> l
             if not isinstance(key, str) or not _is_file(fs, posixpath.normpath(key)):
                 out.append(f"{where}: pubkey {key} is not a file in the image")
     return out
-
-
-def trusted_dirs(fs: FileSystem, read: Callable[[list[str]], dict[str, bytes]]) -> dict[str, str]:
-    """repository name -> the fingerprints directory its configuration names (for reports and tests)."""
-    return {n: r["fingerprints"] for n, r in repositories(fs, read).items()
-            if str(r.get("signature_type", "")).lower() == "fingerprints" and isinstance(r.get("fingerprints"), str)}

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -36,10 +37,33 @@ from builder.layers.writer import LayerInfo
 
 MAX_ENTRY = 1 << 20
 MAX_FS_ENTRY = 256 << 20
-REQUIRED = ("history", "installed", "added", "closure", "manifests")
 MAX_SCAN_ENTRY = 256 << 20
 # Bumped when what a scan records, or how it is stored, changes: old entries are then never read.
-SCAN_ENTRY = 4
+SCAN_ENTRY = 5
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A built layer's descriptor and what an image made of it needs from its build."""
+    layer: LayerInfo
+    history: str                       # the layer's history line
+    installed: tuple[str, ...]         # registered packages, sorted
+    added: tuple[str, ...]             # packages this flavour added
+    closure: Optional[dict]            # Closure.to_json of the image's shared-library closure
+    manifests: dict                    # package -> what an SBOM says of it
+
+    def to_json(self) -> dict:
+        return {"layer": dataclasses.asdict(self.layer), "history": self.history, "installed": list(self.installed),
+                "added": list(self.added), "closure": self.closure, "manifests": self.manifests}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "CacheEntry":
+        if not (isinstance(doc["history"], str) and isinstance(doc["installed"], list)
+                and isinstance(doc["added"], list) and isinstance(doc["manifests"], dict)
+                and isinstance(doc["closure"], (dict, type(None)))):
+            raise TypeError("cache entry of the wrong shape")
+        return cls(layer=LayerInfo(**doc["layer"]), history=doc["history"], installed=tuple(doc["installed"]),
+                   added=tuple(doc["added"]), closure=doc["closure"], manifests=doc["manifests"])
 
 
 def _plain(value: Any) -> Any:
@@ -84,23 +108,24 @@ class LayerCache:
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> Optional[dict]:
+    def get(self, key: str) -> Optional[CacheEntry]:
         path = self._path(key)
         # Anything unexpected in an entry is a miss: the layer is then built again.
         try:
             if path.stat().st_size > MAX_ENTRY:
                 return None
-            entry = json.loads(path.read_bytes())
-            info = LayerInfo(**entry["layer"])
-            if entry.get("key") != key or not all(k in entry for k in REQUIRED) or not self.blob_ok(info):
+            doc = json.loads(path.read_bytes())
+            if doc.get("key") != key:
+                return None
+            entry = CacheEntry.from_json(doc)
+            if not self.blob_ok(entry.layer):
                 return None
         except (OSError, ValueError, TypeError, KeyError, AttributeError, BuildError):
             return None
-        entry["layer"] = info
         return entry
 
-    def put(self, key: str, info: LayerInfo, **extra: Any) -> None:
-        doc = {"key": key, "layer": dataclasses.asdict(info), **extra}
+    def put(self, key: str, entry: CacheEntry) -> None:
+        doc = {"key": key, **entry.to_json()}
         # not fsynced: a torn entry fails to parse or to match its blob, and is a miss
         atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode(), durable=False)
 
@@ -146,33 +171,41 @@ class LayerCache:
             atomic_write_bytes(self._fs_path(key), head + b"\n" + body, durable=False)
 
 
-def _node_doc(n) -> list:
-    elf = n.elf
-    return [n.path, n.kind, n.mode, n.uname, n.gname, n.mtime, n.size, n.sha256, n.target, n.owner, n.source,
-            [getattr(elf, f) for f in _elf_fields()[0]] if elf is not None else None, n.offset]
-
-
 @functools.lru_cache(maxsize=1)
-def _elf_fields() -> tuple[tuple[str, ...], frozenset[int]]:
-    """ElfInfo's fields in order, and the positions of those that are tuples (lists in JSON)."""
+def _codec():
+    """The node codec's layout, read from the dataclasses themselves: a field added to Node or
+    ElfInfo is stored without anyone remembering a position (SCAN_ENTRY still bumps the format).
+
+    A node is its plain fields in Node's order, then its ElfInfo as a list (None without one),
+    then, in a filesystem entry, the slice of the generated content after the JSON."""
     from builder.install.elf import ElfInfo
-    names = tuple(f.name for f in dataclasses.fields(ElfInfo))
-    return names, frozenset(i for i, f in enumerate(dataclasses.fields(ElfInfo)) if str(f.type).startswith("tuple"))
+    from builder.install.fsmodel import Node
+    names = [f.name for f in dataclasses.fields(Node)]
+    plain = tuple(n for n in names if n not in ("data", "elf"))
+    lead = min(names.index("data"), names.index("elf"))       # fields before these are passed by position
+    elf_fields = dataclasses.fields(ElfInfo)
+    tuples = frozenset(i for i, f in enumerate(elf_fields) if str(f.type).startswith("tuple"))
+    return Node, ElfInfo, plain, lead, tuple(f.name for f in elf_fields), tuples
+
+
+def _node_doc(n) -> list:
+    _, _, plain, _, elf_names, _ = _codec()
+    elf = n.elf
+    return [getattr(n, f) for f in plain] + [[getattr(elf, f) for f in elf_names] if elf is not None else None]
 
 
 def _nodes_from_docs(docs: list, blobs: bytes = b"") -> list:
-    """The inverse of _node_doc; a 14th and 15th item are the node's generated content in ``blobs``.
-
-    Loading a parent's filesystem is on the path of every rebuild: no per-node imports or dicts."""
-    from builder.install.elf import ElfInfo
-    from builder.install.fsmodel import Node
-    tuples = _elf_fields()[1]
+    """The inverse of _node_doc. Loading a parent's filesystem is on the path of every rebuild:
+    no per-node imports, and keywords only for the few fields after data and elf."""
+    Node, ElfInfo, plain, lead, _, tuples = _codec()
+    k = len(plain)
+    tail = plain[lead:]
     out = []
     for n in docs:
-        e = n[11]
+        e = n[k]
         elf = ElfInfo(*[tuple(v) if i in tuples else v for i, v in enumerate(e)]) if e else None
-        data = blobs[n[13]:n[13] + n[14]] if len(n) > 13 else None
-        out.append(Node(*n[:11], data=data, elf=elf, offset=n[12]))
+        data = blobs[n[k + 1]:n[k + 1] + n[k + 2]] if len(n) > k + 1 else None
+        out.append(Node(*n[:lead], data=data, elf=elf, **dict(zip(tail, n[lead:k]))))
     return out
 
 

@@ -12,7 +12,6 @@ CHECKSUM.SHA512 list every archive as FreeBSD release files do (``SHA256 (name) 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -20,9 +19,11 @@ from typing import Optional
 
 from builder.common import tarutil
 from builder.common.compress import Xz
+from builder.common.hashing import file_digest
 from builder.common.atomic import atomic_output, atomic_write_bytes
 from builder.config.release import Release
 from builder.errors import BuildError
+from builder.oci.release import ReleaseBuild
 from builder.oci.layout import INDEX_MT, LAYOUT_FILE, REF_NAME, Layout
 
 # FreeBSD names release files TARGET-TARGET_ARCH when the two differ
@@ -74,11 +75,7 @@ def write_checksums(directory: Path) -> list[Path]:
     for algo, fname in (("sha256", "CHECKSUM.SHA256"), ("sha512", "CHECKSUM.SHA512")):
         lines = []
         for n in names:
-            h = hashlib.new(algo)
-            with open(Path(directory) / n, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-            lines.append(f"{algo.upper()} ({n}) = {h.hexdigest()}\n")
+            lines.append(f"{algo.upper()} ({n}) = {file_digest(Path(directory) / n, algo)}\n")
         atomic_write_bytes(Path(directory) / fname, "".join(lines).encode())
         out.append(Path(directory) / fname)
     return out
@@ -90,7 +87,7 @@ def archive_ref(release: Release, img) -> str:
     return release.render_archive_ref(img.flavour, release.arch(img.arch), img.tags[0], img.version)
 
 
-def write_archives(build, release: Release, directory: Path) -> list[Path]:
+def write_archives(build: ReleaseBuild, release: Release, directory: Path) -> list[Path]:
     """One archive per built (flavour, arch), then the CHECKSUM files.
 
     ``release`` names the images as the build did (the family's naming: Context.declared)."""
@@ -98,7 +95,7 @@ def write_archives(build, release: Release, directory: Path) -> list[Path]:
     written = []
     refs: dict[str, str] = {}
     ann = {}
-    if getattr(build, "revision", None) and not getattr(build, "revision_in_images", False):
+    if build.revision and not build.revision_in_images:
         ann["org.opencontainers.image.revision"] = build.revision
     for img in build.images:
         dest = Path(directory) / archive_name(release, img.arch, img.flavour)

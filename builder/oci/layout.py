@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-from builder.common.atomic import atomic_write_bytes, pending
+from builder.common.hashing import file_digest
+from builder.common.atomic import atomic_write_bytes, pending, write_if_changed
 from builder.common.hashing import HashingWriter
 from builder.errors import BuildError
 
@@ -112,13 +113,9 @@ class Layout:
         try:
             if path.stat().st_size != size:
                 return False
-            h = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
+            return "sha256:" + file_digest(path) == digest
         except FileNotFoundError:
             return False
-        return "sha256:" + h.hexdigest() == digest
 
     def read_blob(self, digest: str) -> bytes:
         try:
@@ -191,11 +188,7 @@ class Layout:
                          if REF_NAME in (d.get("annotations") or {}) else (1, "", d["digest"]))
         doc = {"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": entries}
         data = json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n"
-        path = self.root / "index.json"
-        if path.exists() and path.read_bytes() == data:
-            return False
-        atomic_write_bytes(path, data)
-        return True
+        return write_if_changed(self.root / "index.json", data)
 
     def _subject_of(self, entry: dict) -> Optional[str]:
         """The subject digest of an unnamed index.json entry that is a referrer, else None."""
@@ -261,9 +254,6 @@ class Layout:
         if mt == MANIFEST_MT or "layers" in doc:
             return [doc["config"]["digest"]] + [l["digest"] for l in doc.get("layers", [])]
         return []
-
-    def reachable(self) -> set[str]:
-        return self._walk(self.index().get("manifests", []))[0]
 
     def gc(self, dry_run: bool = False) -> list[str]:
         """Remove blobs no ref reaches (and leftovers of interrupted writes), and referrers of gone images."""

@@ -80,6 +80,14 @@ class Registry:
         self.tokens: dict[str, str] = {}    # scope -> bearer token
         self.stats = PushStats()
 
+    @classmethod
+    def for_destination(cls, dest: str, insecure: bool = False, auth: Optional[tuple[str, str]] = None,
+                        chunk_size: int = CHUNK, monolithic_max: int = MONOLITHIC_MAX) -> tuple["Registry", str]:
+        """The client for ``HOST[:PORT]/NAMESPACE`` and the namespace: the one way publish and nightly reach
+        a registry, so both read a destination (and refuse a bad one) alike."""
+        host, namespace = parse_destination(dest)
+        return cls(host, insecure=insecure, auth=auth, chunk_size=chunk_size, monolithic_max=monolithic_max), namespace
+
     # --- HTTP with auth and retries ----------------------------------------------------------
 
     @property

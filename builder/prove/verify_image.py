@@ -224,11 +224,11 @@ def _lock_checks(where: str, statement: dict, sbom_doc: dict, lock: Lock, lock_d
         bad(f"provenance flavour {flavour!r} is not in the lock")
         return out
     listed = {p["name"]: p for p in sbom_doc.get("packages", []) if p.get("primaryPackagePurpose") != "CONTAINER"}
-    for name in sorted(set(entry["packages"]) - set(listed)):
+    for name in sorted(set(entry.packages) - set(listed)):
         bad(f"the lock's flavour {flavour} has {name}, the SBOM does not")
-    for name in sorted(set(listed) - set(entry["packages"])):
+    for name in sorted(set(listed) - set(entry.packages)):
         bad(f"the SBOM lists {name}, which the lock's flavour {flavour} does not have")
-    for name in sorted(set(listed) & set(entry["packages"])):
+    for name in sorted(set(listed) & set(entry.packages)):
         lp, sp = al.packages.get(name), listed[name]
         if lp is None:
             bad(f"{name} is not among the lock's packages")
@@ -240,7 +240,7 @@ def _lock_checks(where: str, statement: dict, sbom_doc: dict, lock: Lock, lock_d
             bad(f"{name}: SBOM sha256 {', '.join(sorted(sums)) or 'none'}, locked {lp.sum}")
     if not out:
         out.append(Finding("lock", where, True, f"provenance and SBOM match {lock.release}'s lock "
-                                                f"({len(entry['packages'])} packages, {len(want)} catalogues)"))
+                                                f"({len(entry.packages)} packages, {len(want)} catalogues)"))
     return out
 
 

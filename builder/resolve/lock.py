@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from builder.common.atomic import atomic_write_bytes
+from builder.common.atomic import write_if_changed
 from builder.config.family import Family, PackageRef
 from builder.config.release import Release
 from builder.errors import BuildError
@@ -40,11 +40,27 @@ class LockedPackage:
 
 
 @dataclass(frozen=True)
+class FlavourLock:
+    """The packages a flavour installs for one arch, and which of them only as dependencies."""
+    packages: tuple[str, ...]
+    automatic: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"packages": list(self.packages), "automatic": list(self.automatic)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "FlavourLock":
+        if not isinstance(doc.get("packages"), list) or not isinstance(doc.get("automatic", []), list):
+            raise TypeError(f"flavour entry {doc!r}: packages and automatic are lists of names")
+        return cls(packages=tuple(map(str, doc["packages"])), automatic=tuple(map(str, doc.get("automatic", []))))
+
+
+@dataclass(frozen=True)
 class ArchLock:
     abi: str
     catalogues: dict          # repository key -> sha256 of its catalogue file
     packages: dict            # name -> LockedPackage
-    flavours: dict            # flavour -> {"packages": [...], "automatic": [...]}
+    flavours: dict            # flavour -> FlavourLock
     built: dict = field(default_factory=dict)   # repository key -> when its catalogue was built (rollback check)
 
 
@@ -62,7 +78,7 @@ class Lock:
             "arches": {a: {"abi": al.abi, "catalogues": al.catalogues, "catalogue-built": al.built,
                            "packages": {n: {k: v for k, v in asdict(p).items() if k != "name"}
                                         for n, p in sorted(al.packages.items())},
-                           "flavours": al.flavours}
+                           "flavours": {f: e.to_json() for f, e in al.flavours.items()}}
                        for a, al in sorted(self.arches.items())},
         }
 
@@ -77,7 +93,7 @@ class Lock:
             arches = {}
             for a, al in doc["arches"].items():
                 pkgs = {n: LockedPackage(name=n, **p) for n, p in al["packages"].items()}
-                arches[a] = ArchLock(abi=al["abi"], catalogues=al["catalogues"], packages=pkgs, flavours=al["flavours"],
+                arches[a] = ArchLock(abi=al["abi"], catalogues=al["catalogues"], packages=pkgs, flavours={f: FlavourLock.from_json(e) for f, e in al["flavours"].items()},
                                      built={k: int(v) for k, v in (al.get("catalogue-built") or {}).items()})
             return cls(release=doc["release"], source_date_epoch=int(doc["source-date-epoch"]), arches=arches)
         except (KeyError, TypeError, ValueError) as exc:
@@ -97,12 +113,7 @@ def load_lock(path: Path) -> Optional[Lock]:
 
 def write_lock(path: Path, lock: Lock) -> bool:
     """Write the lock; return True if its bytes changed."""
-    data = lock.dumps()
-    path = Path(path)
-    if path.exists() and path.read_bytes() == data:
-        return False
-    atomic_write_bytes(path, data)
-    return True
+    return write_if_changed(Path(path), lock.dumps())
 
 
 def fetch_catalogues(transport: Transport, release: Release, arches: list[str]) -> dict[str, list[Catalogue]]:
@@ -135,7 +146,7 @@ def make_lock(release: Release, family: Family, catalogues: dict[str, list[Catal
             extra = [PackageRef(n, None, False) for n in release.map_packages(sources) if n not in packages]
             for p in resolve(cats, extra, abi).packages if extra else ():
                 packages[p.name] = LockedPackage(p.name, p.origin, p.version, p.repository, p.repopath, p.pkgsize, p.sum)
-            flavours[fname] = {"packages": res.names, "automatic": sorted(res.automatic)}
+            flavours[fname] = FlavourLock(packages=tuple(res.names), automatic=tuple(sorted(res.automatic)))
         arches[arch] = ArchLock(abi=abi, catalogues={c.repository: c.digest for c in cats},
                                 packages=packages, flavours=flavours, built={c.repository: c.built for c in cats})
     epoch = max((c.built for cats in catalogues.values() for c in cats), default=0)

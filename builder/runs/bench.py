@@ -184,6 +184,128 @@ def official_style_seconds(layout: Layout, mans: dict, arches: list[str], work: 
     return total
 
 
+@dataclass(frozen=True)
+class Baselines:
+    """What the family's first cold build is measured against, and the sizes it is measured in."""
+    layout: Layout
+    raw: int          # uncompressed bytes of every flavour's own layer, both arches
+    small: int        # uncompressed bytes of the small image (amd64)
+    z6: float         # one-core zlib -6 over ``raw``
+    official: float   # the official-style build of the same trees
+
+
+def _family_rounds(args, rel, mirror: Path, work: Path, env: dict, build: list[str], fetch: list[str],
+                   where: list[str], arches: list[str]) -> tuple[list[Round], Baselines]:
+    """Family (cold layers), no-op and one-package bump, ``args.repeat`` times from the same start."""
+    rounds = []
+    for n in range(args.repeat):
+        if n:
+            # back to the unbumped mirror and cold layer, scan and lock state
+            generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb)))
+            for d in ("cache", "out", "locks"):
+                shutil.rmtree(work / d, ignore_errors=True)
+        _run(fetch, env)   # the download cache, warm
+        full = _run(build, env)
+        if not n:
+            base = _baselines(Layout(work / "out" / args.release), args.release, work)
+        noop = _run(build, env)
+        generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb),
+                                                 bumps=(("FreeBSD-utilities", f"{args.release}p2"),)))
+        # re-lock and fetch untimed, as for the family: the build starts from a warm download cache
+        relock = _run(["--project", str(ROOT), "lock", args.release, *where], env).seconds + _run(fetch, env).seconds
+        bump = _run(build, env)
+        rounds.append(Round(full, noop, bump, relock))
+    return rounds, base
+
+
+def _baselines(layout: Layout, release: str, work: Path) -> Baselines:
+    mans = _manifests(layout, release, ["amd64", "arm64"])
+    own = sorted({m["layers"][-1]["digest"] for m in mans.values()})
+    return Baselines(layout, _layer_bytes(layout, own),
+                     _layer_bytes(layout, [l["digest"] for l in mans[("small", "amd64")]["layers"]]),
+                     zlib6_seconds(layout, own),
+                     official_style_seconds(layout, {(f, a): m for (f, a), m in mans.items()}, ["amd64", "arm64"],
+                                            work / "official"))
+
+
+def _rows(rounds: list[Round], base: Baselines, release: str) -> list[dict]:
+    layout, raw, z6, official = base.layout, base.raw, base.z6, base.official
+    built = [l for l in rounds[-1].bump.stderr.splitlines() if l.endswith(" built")]
+    bump_own = sorted({m["layers"][-1]["digest"] for (f, a), m in
+                       _manifests(layout, release, ["amd64", "arm64"]).items() if f == "small"})
+    bump_mb = _layer_bytes(layout, bump_own) / 1e6
+
+    def med(f) -> float:
+        return median(map(f, rounds))
+
+    shares = [r.bump.seconds / r.full.seconds for r in rounds]
+    first = rounds[0].full.seconds   # the ratios: against the baselines timed right after it, in the same run
+    rows = [{"run": "family (cold layers)", "seconds": med(lambda r: r.full.seconds),
+             "cpu_s": med(lambda r: r.full.cpu), "mb": raw / 1e6,
+             "peak_rss_mb": max(r.full.peak_mb for r in rounds), "vs_zlib6": first / z6,
+             "official_style_over_ours": official / first},
+            {"run": "no-op rebuild", "seconds": med(lambda r: r.noop.seconds), "cpu_s": med(lambda r: r.noop.cpu),
+             "mb": raw / 1e6, "peak_rss_mb": max(r.noop.peak_mb for r in rounds)},
+            {"run": "one package bump", "seconds": med(lambda r: r.bump.seconds), "cpu_s": med(lambda r: r.bump.cpu),
+             "mb": bump_mb, "peak_rss_mb": max(r.bump.peak_mb for r in rounds), "layers_built": len(built),
+             "byte_share": bump_mb * 1e6 / raw,
+             # each round's own ratios (the machine's speed moves between rounds), then their median
+             "share_of_full": median(shares), "share_of_full_range": [min(shares), max(shares)],
+             "cpu_share_of_full": med(lambda r: r.bump.cpu / r.full.cpu),
+             "above_noop_share": med(lambda r: (r.bump.seconds - r.noop.seconds)
+                                     / (r.full.seconds - r.noop.seconds)),
+             "relock_fetch_s": med(lambda r: r.relock)}]
+    return rows
+
+
+def _large(args, rel, work: Path, env: dict) -> dict:
+    """The ~1.2 GB small image: peak memory must stay flat as images grow."""
+    big = work / "mirror-large"
+    shutil.rmtree(big, ignore_errors=True)
+    generate(rel, big, ["amd64"], GenOptions(scale=scale_for(args.large_mb)))
+    for d in ("cache-large", "out-large", "locks-large"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    where = ["--arch", "amd64", "--mirror", f"file://{big}", "--keys", str(big / "keys"),
+             "--lock-dir", str(work / "locks-large"), "--cache-dir", str(work / "cache-large")]
+    large = ["--project", str(ROOT), "build", f"freebsd{args.release}-small", "--out", str(work / "out-large"),
+             *where]
+    _run(["--project", str(ROOT), "fetch", args.release, *where], env)
+    big_run = _run(large, env)
+    lay = Layout(work / "out-large" / args.release)
+    man = _manifests(lay, args.release, ["amd64"])[("small", "amd64")]
+    size = _layer_bytes(lay, [l["digest"] for l in man["layers"]])
+    return {"run": "large small image", "seconds": big_run.seconds, "cpu_s": big_run.cpu, "mb": size / 1e6,
+            "peak_rss_mb": big_run.peak_mb}
+
+
+def _report(args, rows: list[dict], base: Baselines, gen_secs: float) -> None:
+    small, raw, z6, official = base.small, base.raw, base.z6, base.official
+    result = {"release": args.release, "cores": os.cpu_count(), "rounds": args.repeat, "generate_s": round(gen_secs, 2),
+              "family_small_image_mb": round(small / 1e6, 1), "family_layer_mb": round(raw / 1e6, 1),
+              "zlib6_single_thread_s": round(z6, 2), "official_style_s": round(official, 2),
+              "runs": [{k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list)
+                        else v) for k, v in r.items()} for r in rows]}
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"family: small image {result['family_small_image_mb']} MB; {result['family_layer_mb']} MB of layers "
+          f"(both arches); zlib -6 one core {z6:.2f} s; official-style {official:.2f} s; {os.cpu_count()} cores")
+    print(f"{'run':20} {'seconds':>8} {'CPU s':>8} {'MB':>8} {'MB/s':>8} {'peak RSS':>9}  notes "
+          f"(seconds: median of {args.repeat} rounds)")
+    for r in rows:
+        notes = []
+        if "vs_zlib6" in r:
+            notes.append(f"{r['vs_zlib6']:.2f}x zlib-6 time; official-style takes {r['official_style_over_ours']:.1f}x "
+                         "ours (round 1)")
+        if "layers_built" in r:
+            low, high = r["share_of_full_range"]
+            notes.append(f"{r['layers_built']} layers built holding {r['byte_share']:.0%} of the bytes: "
+                         f"{r['share_of_full']:.0%} of the full build ({low:.0%}-{high:.0%}; CPU "
+                         f"{r['cpu_share_of_full']:.0%}; {r['above_noop_share']:.0%} with the no-op's time taken "
+                         f"from both); re-lock and fetch {r['relock_fetch_s']:.2f} s before it")
+        print(f"{r['run']:20} {r['seconds']:8.2f} {r['cpu_s']:8.2f} {r['mb']:8.1f} {r['mb'] / r['seconds']:8.1f} "
+              f"{r['peak_rss_mb']:7.1f}MB  {'; '.join(notes)}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m builder.runs.bench", description=__doc__.splitlines()[0])
     p.add_argument("--target-mb", type=float, default=150.0, help="uncompressed size of the family's small image")
@@ -214,97 +336,11 @@ def main(argv=None) -> int:
         build = ["--project", str(ROOT), "build", "--release", args.release, "--all", "--out", str(work / "out"),
                  *where]
         fetch = ["--project", str(ROOT), "fetch", args.release, *where]
-        rounds = []
-        for n in range(args.repeat):
-            if n:
-                # back to the unbumped mirror and cold layer, scan and lock state
-                generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb)))
-                for d in ("cache", "out", "locks"):
-                    shutil.rmtree(work / d, ignore_errors=True)
-            _run(fetch, env)   # the download cache, warm
-            full = _run(build, env)
-            if not n:
-                layout = Layout(work / "out" / args.release)
-                mans = _manifests(layout, args.release, ["amd64", "arm64"])
-                own = sorted({m["layers"][-1]["digest"] for m in mans.values()})
-                raw = _layer_bytes(layout, own)
-                small = _layer_bytes(layout, [l["digest"] for l in mans[("small", "amd64")]["layers"]])
-                z6 = zlib6_seconds(layout, own)
-                official = official_style_seconds(layout, {(f, a): m for (f, a), m in mans.items()},
-                                                  ["amd64", "arm64"], work / "official")
-            noop = _run(build, env)
-            generate(rel, mirror, arches, GenOptions(scale=scale_for(args.target_mb),
-                                                     bumps=(("FreeBSD-utilities", f"{args.release}p2"),)))
-            # re-lock and fetch untimed, as for the family: the build starts from a warm download cache
-            relock = _run(["--project", str(ROOT), "lock", args.release, *where], env).seconds + _run(fetch, env).seconds
-            bump = _run(build, env)
-            rounds.append(Round(full, noop, bump, relock))
-        built = [l for l in rounds[-1].bump.stderr.splitlines() if l.endswith(" built")]
-        bump_own = sorted({m["layers"][-1]["digest"] for (f, a), m in
-                           _manifests(layout, args.release, ["amd64", "arm64"]).items() if f == "small"})
-        bump_mb = _layer_bytes(layout, bump_own) / 1e6
-
-        def med(f) -> float:
-            return median(map(f, rounds))
-
-        shares = [r.bump.seconds / r.full.seconds for r in rounds]
-        first = rounds[0].full.seconds   # the ratios: against the baselines timed right after it, in the same run
-        rows = [{"run": "family (cold layers)", "seconds": med(lambda r: r.full.seconds),
-                 "cpu_s": med(lambda r: r.full.cpu), "mb": raw / 1e6,
-                 "peak_rss_mb": max(r.full.peak_mb for r in rounds), "vs_zlib6": first / z6,
-                 "official_style_over_ours": official / first},
-                {"run": "no-op rebuild", "seconds": med(lambda r: r.noop.seconds), "cpu_s": med(lambda r: r.noop.cpu),
-                 "mb": raw / 1e6, "peak_rss_mb": max(r.noop.peak_mb for r in rounds)},
-                {"run": "one package bump", "seconds": med(lambda r: r.bump.seconds), "cpu_s": med(lambda r: r.bump.cpu),
-                 "mb": bump_mb, "peak_rss_mb": max(r.bump.peak_mb for r in rounds), "layers_built": len(built),
-                 "byte_share": bump_mb * 1e6 / raw,
-                 # each round's own ratios (the machine's speed moves between rounds), then their median
-                 "share_of_full": median(shares), "share_of_full_range": [min(shares), max(shares)],
-                 "cpu_share_of_full": med(lambda r: r.bump.cpu / r.full.cpu),
-                 "above_noop_share": med(lambda r: (r.bump.seconds - r.noop.seconds)
-                                         / (r.full.seconds - r.noop.seconds)),
-                 "relock_fetch_s": med(lambda r: r.relock)}]
+        rounds, base = _family_rounds(args, rel, mirror, work, env, build, fetch, where, arches)
+        rows = _rows(rounds, base, args.release)
         if args.large_mb:
-            big = work / "mirror-large"
-            shutil.rmtree(big, ignore_errors=True)
-            generate(rel, big, ["amd64"], GenOptions(scale=scale_for(args.large_mb)))
-            for d in ("cache-large", "out-large", "locks-large"):
-                shutil.rmtree(work / d, ignore_errors=True)
-            where = ["--arch", "amd64", "--mirror", f"file://{big}", "--keys", str(big / "keys"),
-                     "--lock-dir", str(work / "locks-large"), "--cache-dir", str(work / "cache-large")]
-            large = ["--project", str(ROOT), "build", f"freebsd{args.release}-small", "--out", str(work / "out-large"),
-                     *where]
-            _run(["--project", str(ROOT), "fetch", args.release, *where], env)
-            big_run = _run(large, env)
-            lay = Layout(work / "out-large" / args.release)
-            man = _manifests(lay, args.release, ["amd64"])[("small", "amd64")]
-            size = _layer_bytes(lay, [l["digest"] for l in man["layers"]])
-            rows.append({"run": "large small image", "seconds": big_run.seconds, "cpu_s": big_run.cpu, "mb": size / 1e6,
-                         "peak_rss_mb": big_run.peak_mb})
-        result = {"release": args.release, "cores": os.cpu_count(), "rounds": args.repeat, "generate_s": round(gen_secs, 2),
-                  "family_small_image_mb": round(small / 1e6, 1), "family_layer_mb": round(raw / 1e6, 1),
-                  "zlib6_single_thread_s": round(z6, 2), "official_style_s": round(official, 2),
-                  "runs": [{k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list)
-                            else v) for k, v in r.items()} for r in rows]}
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"family: small image {result['family_small_image_mb']} MB; {result['family_layer_mb']} MB of layers "
-              f"(both arches); zlib -6 one core {z6:.2f} s; official-style {official:.2f} s; {os.cpu_count()} cores")
-        print(f"{'run':20} {'seconds':>8} {'CPU s':>8} {'MB':>8} {'MB/s':>8} {'peak RSS':>9}  notes "
-              f"(seconds: median of {args.repeat} rounds)")
-        for r in rows:
-            notes = []
-            if "vs_zlib6" in r:
-                notes.append(f"{r['vs_zlib6']:.2f}x zlib-6 time; official-style takes {r['official_style_over_ours']:.1f}x "
-                             "ours (round 1)")
-            if "layers_built" in r:
-                low, high = r["share_of_full_range"]
-                notes.append(f"{r['layers_built']} layers built holding {r['byte_share']:.0%} of the bytes: "
-                             f"{r['share_of_full']:.0%} of the full build ({low:.0%}-{high:.0%}; CPU "
-                             f"{r['cpu_share_of_full']:.0%}; {r['above_noop_share']:.0%} with the no-op's time taken "
-                             f"from both); re-lock and fetch {r['relock_fetch_s']:.2f} s before it")
-            print(f"{r['run']:20} {r['seconds']:8.2f} {r['cpu_s']:8.2f} {r['mb']:8.1f} {r['mb'] / r['seconds']:8.1f} "
-                  f"{r['peak_rss_mb']:7.1f}MB  {'; '.join(notes)}")
+            rows.append(_large(args, rel, work, env))
+        _report(args, rows, base, gen_secs)
         print(f"wrote {args.json_out}")
         return 1 if max(r["peak_rss_mb"] for r in rows) > 250 else 0
     finally:

@@ -20,15 +20,15 @@ def mirror_release(ctx: Context, lock: Lock, dest: Path) -> dict[str, int]:
     """ABI -> packages mirrored under dest/ABI/<repository directory>/."""
     done: dict[str, int] = {}
     for arch in ctx.arches:
-        abi = ctx.release.abi(arch)
+        abi = ctx.source.release.abi(arch)
         paths = ctx.fetch_locked(lock, arch)
-        for repo in ctx.release.repositories:
+        for repo in ctx.source.release.repositories:
             base = repo.url_for(abi).rstrip("/")
             where = Path(dest) / abi / base.rsplit("/", 1)[1]
             where.mkdir(parents=True, exist_ok=True)
             for name in CATALOGUE_FILES:
                 try:
-                    atomic_write_bytes(where / name, ctx.transport.fetch_bytes(f"{base}/{name}", catalogue_file_limit(name)))
+                    atomic_write_bytes(where / name, ctx.source.transport.fetch_bytes(f"{base}/{name}", catalogue_file_limit(name)))
                 except NotFound:
                     # only absence makes a file optional: a refusal (too large, too slow) is not absence
                     if name in REQUIRED:

@@ -12,16 +12,19 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from builder.common.atomic import atomic_write_bytes
-from builder.runs.context import Context, lock_name
-from builder.runs.images import build_release, human_size
-from builder.resolve.lock import Lock, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
+from builder.common.log import Log
+from builder.install.closure import Closure
 from builder.oci.layout import Layout
-from builder.oci.registry import Registry, parse_destination, publish, sign_target, targets_in_layout
+from builder.oci.release import BuiltImage, ReleaseBuild
+from builder.oci.registry import PushStats, PushTarget, Registry, publish, sign_target, targets_in_layout
 from builder.oci.sign import SigningPlan, lookaside_dir
-from builder.prove.verify import VerifyRequest, verify
+from builder.resolve.lock import Lock, Update, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
+from builder.runs.context import Context, lock_name
+from builder.runs.images import ImageOptions, build_release, human_size
+from builder.runs.verify import VerifyRequest, verify
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,135 @@ class NightlyOptions:
     signing: Optional[SigningPlan] = None    # sign what is published (FREEBSD_IMAGES_SIGN_KEY)
 
 
-def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
+# --- the report: what report.json holds, typed; to_json/from_json round-trip it exactly ---------------------
+
+@dataclass(frozen=True)
+class PackageChange:
+    """A package whose version or checksum moved since the last publish, on these arches."""
+    package: str
+    old: Optional[str]                # None: a new package
+    new: Optional[str]                # None: removed
+    arches: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"package": self.package, "old": self.old, "new": self.new, "arches": list(self.arches)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "PackageChange":
+        return cls(doc["package"], doc["old"], doc["new"], tuple(doc["arches"]))
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """An artifact (SBOM, provenance) attached to a platform manifest."""
+    artifact_type: str
+    digest: str
+
+    def to_json(self) -> dict:
+        return {"artifactType": self.artifact_type, "digest": self.digest}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "Referrer":
+        return cls(doc["artifactType"], doc["digest"])
+
+
+@dataclass(frozen=True)
+class PlatformReport:
+    arch: str                         # FreeBSD arch
+    platform: str                     # OCI architecture
+    digest: str                       # the platform manifest
+    layers: int
+    size: int
+    closure: Optional[Closure]        # the shared-library closure's counts and accepted misses
+    referrers: tuple[Referrer, ...]
+    signatures: Optional[str]         # the lookaside directory of this manifest's signatures, when signed
+
+    def to_json(self) -> dict:
+        return {"arch": self.arch, "platform": self.platform, "digest": self.digest, "layers": self.layers,
+                "size": self.size, "closure": self.closure.to_json() if self.closure else None,
+                "referrers": [r.to_json() for r in self.referrers], "signatures": self.signatures}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "PlatformReport":
+        closure = Closure.from_json(doc["closure"]) if doc["closure"] is not None else None
+        return cls(doc["arch"], doc["platform"], doc["digest"], doc["layers"], doc["size"], closure,
+                   tuple(map(Referrer.from_json, doc["referrers"])), doc["signatures"])
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    image: str
+    tags: tuple[str, ...]
+    index: str                        # the multi-arch index built
+    action: str                       # published | unchanged | not published
+    previous: Optional[str]           # the index the registry had under the first tag before this run
+    signatures: Optional[str]         # the lookaside directory of the index's signatures, when signed
+    platforms: tuple[PlatformReport, ...]
+
+    def to_json(self) -> dict:
+        return {"image": self.image, "tags": list(self.tags), "index": self.index, "action": self.action,
+                "previous": self.previous, "signatures": self.signatures,
+                "platforms": [p.to_json() for p in self.platforms]}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "ImageReport":
+        return cls(doc["image"], tuple(doc["tags"]), doc["index"], doc["action"], doc["previous"], doc["signatures"],
+                   tuple(map(PlatformReport.from_json, doc["platforms"])))
+
+
+@dataclass(frozen=True)
+class ReleaseReport:
+    release: str
+    family: str
+    source_date_epoch: int
+    epoch_source: str                 # the lock | the environment | --epoch
+    layout: str
+    outdated: tuple[Update, ...]      # locked packages that moved in the catalogues
+    downgrades_accepted: tuple[str, ...]
+    stale_catalogues: tuple[str, ...]
+    changed_since_last_publish: tuple[PackageChange, ...]
+    reproducible: Optional[bool]      # None: not verified
+    differences: tuple[str, ...]      # between the two verification builds (the first 50)
+    images: tuple[ImageReport, ...]
+    published: bool                   # something was pushed
+    signed: bool
+    push: Optional[PushStats]         # None: no registry
+
+    def to_json(self) -> dict:
+        return {"release": self.release, "family": self.family, "source_date_epoch": self.source_date_epoch,
+                "epoch_source": self.epoch_source, "layout": self.layout,
+                "outdated": [u.to_json() for u in self.outdated],
+                "downgrades_accepted": list(self.downgrades_accepted), "stale_catalogues": list(self.stale_catalogues),
+                "changed_since_last_publish": [c.to_json() for c in self.changed_since_last_publish],
+                "reproducible": self.reproducible, "differences": list(self.differences),
+                "images": [i.to_json() for i in self.images], "published": self.published, "signed": self.signed,
+                "push": self.push.to_json() if self.push else None}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "ReleaseReport":
+        return cls(doc["release"], doc["family"], doc["source_date_epoch"], doc["epoch_source"], doc["layout"],
+                   tuple(Update(u["name"], u["old"], u["new"], tuple(u["arches"])) for u in doc["outdated"]),
+                   tuple(doc["downgrades_accepted"]), tuple(doc["stale_catalogues"]),
+                   tuple(map(PackageChange.from_json, doc["changed_since_last_publish"])), doc["reproducible"],
+                   tuple(doc["differences"]), tuple(map(ImageReport.from_json, doc["images"])), doc["published"],
+                   doc["signed"], PushStats(**doc["push"]) if doc["push"] is not None else None)
+
+
+@dataclass(frozen=True)
+class NightlyReport:
+    releases: tuple[ReleaseReport, ...]
+
+    def to_json(self) -> dict:
+        return {"releases": [r.to_json() for r in self.releases]}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "NightlyReport":
+        return cls(tuple(map(ReleaseReport.from_json, doc["releases"])))
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+def changed_packages(old: Optional[Lock], new: Lock) -> list[PackageChange]:
     out: dict[tuple, list[str]] = {}
     for arch, al in sorted(new.arches.items()):
         before = old.arches[arch].packages if old and arch in old.arches else {}
@@ -47,140 +178,160 @@ def changed_packages(old: Optional[Lock], new: Lock) -> list[dict]:
                 out.setdefault((name, q.version if q else None, p.version), []).append(arch)
         for name in sorted(set(before) - set(al.packages)):
             out.setdefault((name, before[name].version, None), []).append(arch)
-    return [{"package": n, "old": o, "new": v, "arches": a} for (n, o, v), a in out.items()]
+    return [PackageChange(n, o, v, tuple(a)) for (n, o, v), a in out.items()]
 
 
-def _closure_counts(closure: Optional[dict]) -> Optional[dict]:
-    if closure is None:
-        return None
-    keep = ("elf_files", "dynamic", "libraries", "needed", "unresolved")
-    return {k: closure[k] for k in keep} | {"accepted": closure["accepted"]}
-
-
-def run_release(ctx: Context, opts: NightlyOptions, log) -> dict:
-    rel = ctx.release.name
-    cats = fetch_catalogues(ctx.transport, ctx.release, ctx.arches)
+def _relock(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Lock, list[Update], list[str], list[str]]:
+    """The release's lock brought up to the catalogues: (lock, updates found, stale catalogues, downgrades)."""
+    release = ctx.source.release
+    cats = fetch_catalogues(ctx.source.transport, release, ctx.arches)
     previous = load_lock(ctx.lock_path)
-    fresh = [u.to_json() for u in outdated(previous, cats)] if previous else []
-    stale = stale_catalogues(cats, ctx.release.catalogue_max_age)
+    fresh = outdated(previous, cats) if previous else []
+    stale = stale_catalogues(cats, release.catalogue_max_age)
     for s in stale:
-        log(f"warning: {s}")
-    lock, accepted = relock(ctx.release, ctx.family, cats, previous, opts.allow_downgrade,
-                            warn=lambda m: log(f"warning: {m}"))
+        log.warn(s)
+    lock, accepted = relock(release, ctx.family, cats, previous, opts.allow_downgrade, warn=log.warn)
     write_lock(ctx.lock_path, lock)
-    published_lock_path = opts.state_dir / lock_name(rel, ctx.family.name).replace(".lock.json", ".published.lock.json")
-    published = load_lock(published_lock_path)
-    changes = changed_packages(published, lock)
-    log(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
+    return lock, fresh, stale, accepted
 
-    rb = build_release(ctx, lock, opts.out, log=log, warn=lambda m: log(f"warning: {m}"))
-    reproducible = None
-    differences: list[str] = []
-    if opts.verify:
-        req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, arches=tuple(ctx.arches), mirror=ctx.mirror,
-                            keys=ctx.keys, family=ctx.family.name)
-        work = opts.out / f".verify-{rel}-{ctx.family.name}"
-        res = verify(req, work)
-        shutil.rmtree(work, ignore_errors=True)
-        reproducible = not res.differences
-        differences = [d.human() for d in res.differences[:50]]
+
+def _verify(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Optional[bool], tuple[str, ...]]:
+    """(reproducible, the first differences) of a second, perturbed build; (None, ()) without verification."""
+    if not opts.verify:
+        return None, ()
+    req = VerifyRequest(ctx.project.root, ctx.name, ctx.lock_path, arches=ctx.arches, mirror=ctx.source.mirror,
+                        keys=ctx.source.keys, family=ctx.family.name)
+    work = opts.out / f".verify-{ctx.name}-{ctx.family.name}"
+    res = verify(req, work)
+    shutil.rmtree(work, ignore_errors=True)
+    if res.differences:
         # the published build must be one that reproduces
-        if res.differences:
-            log(f"{rel}: NOT reproducible; publishing nothing")
+        log.info(f"{ctx.name}: NOT reproducible; publishing nothing")
+    return not res.differences, tuple(d.human() for d in res.differences[:50])
 
+
+def _push(layout: Layout, registry: Registry, ns: str, repo: str, t: PushTarget, current: Optional[str],
+          signing: Optional[SigningPlan]) -> str:
+    """Publish one image unless the registry has it under every tag already; the report's action."""
+    if current == t.index_digest and all(registry.manifest_digest(repo, tag) == t.index_digest for tag in t.tags[1:]):
+        if signing:
+            # signing is idempotent: an image published before a key was configured gets signed now
+            sign_target(registry.host, repo, t, layout.read_json(t.index_digest), signing, registry.stats)
+        return "unchanged"
+    publish(layout, registry, ns, [t], log=lambda m: None, signing=signing)
+    return "published"
+
+
+def _image_report(t: PushTarget, built: list[BuiltImage], action: str, current: Optional[str], repo: str,
+                  lookaside: Optional[Path]) -> ImageReport:
+    def signatures(digest: str) -> Optional[str]:
+        return str(lookaside_dir(lookaside, repo, digest)) if lookaside else None
+    platforms = tuple(PlatformReport(i.arch, i.platform, i.manifest.digest, len(i.layers), i.size,
+                                     Closure.from_json(i.closure) if i.closure is not None else None,
+                                     tuple(Referrer(r.artifact_type, r.digest) for r in i.referrers),
+                                     signatures(i.manifest.digest))
+                      for i in built)
+    return ImageReport(t.name, tuple(t.tags), t.index_digest, action, current, signatures(t.index_digest), platforms)
+
+
+def _publish(rb: ReleaseBuild, registry: Optional[Registry], ns: Optional[str],
+             signing: Optional[SigningPlan]) -> tuple[ImageReport, ...]:
+    """Each image this run built, published when a registry is given and it changed."""
     layout = Layout(rb.layout)
-    images = []
-    pushed_any = False
-    registry = None
-    host = ns = None
-    if opts.to and reproducible is not False:
-        host, ns = parse_destination(opts.to)
-        registry = Registry(host, insecure=opts.insecure, auth=opts.auth)
+    lookaside = signing.lookaside if registry and signing else None
     ours = {i.name for i in rb.images}   # families share the layout: publish only what this run built
+    images = []
     for t in [t for t in targets_in_layout(layout) if t.name in ours]:
         repo = f"{ns}/{t.name}" if ns else t.name
         current = registry.manifest_digest(repo, t.tags[0]) if registry else None
-        action = "not published"
-        if registry:
-            if current == t.index_digest and all(registry.manifest_digest(repo, tag) == t.index_digest
-                                                 for tag in t.tags[1:]):
-                action = "unchanged"
-                if opts.signing:
-                    # signing is idempotent: an image published before a key was configured gets signed now
-                    sign_target(registry.host, repo, t, layout.read_json(t.index_digest), opts.signing, registry.stats)
-            else:
-                publish(layout, registry, ns, [t], log=lambda m: None, signing=opts.signing)
-                action = "published"
-                pushed_any = True
-        built = [i for i in rb.images if i.name == t.name]
+        action = _push(layout, registry, ns, repo, t, current, signing) if registry else "not published"
+        images.append(_image_report(t, [i for i in rb.images if i.name == t.name], action, current, repo, lookaside))
+    return tuple(images)
 
-        def signatures(digest: str) -> Optional[str]:
-            if not (registry and opts.signing):
-                return None
-            return str(lookaside_dir(opts.signing.lookaside, repo, digest))
-        images.append({"image": t.name, "tags": list(t.tags), "index": t.index_digest, "action": action,
-                       "previous": current, "signatures": signatures(t.index_digest),
-                       "platforms": [{"arch": i.arch, "platform": i.platform, "digest": i.manifest.digest,
-                                      "layers": len(i.layers), "size": i.size, "closure": _closure_counts(i.closure),
-                                      "referrers": [{"artifactType": r.artifact_type, "digest": r.digest}
-                                                    for r in i.referrers],
-                                      "signatures": signatures(i.manifest.digest)}
-                                     for i in built]})
+
+def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
+    rel = ctx.name
+    lock, fresh, stale, accepted = _relock(ctx, opts, log)
+    published_lock_path = opts.state_dir / lock_name(rel, ctx.family.name).replace(".lock.json", ".published.lock.json")
+    changes = changed_packages(load_lock(published_lock_path), lock)
+    log.info(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
+
+    rb = build_release(ctx, lock, opts.out, ImageOptions(), log)
+    reproducible, differences = _verify(ctx, opts, log)
+    registry, ns = (Registry.for_destination(opts.to, insecure=opts.insecure, auth=opts.auth)
+                    if opts.to and reproducible is not False else (None, None))
+    images = _publish(rb, registry, ns, opts.signing)
     if registry:
         write_lock(published_lock_path, lock)
-    stats = registry.stats if registry else None
-    return {"release": rel, "family": ctx.family.name, "source_date_epoch": rb.epoch, "epoch_source": rb.epoch_source, "layout": str(rb.layout), "outdated": fresh, "downgrades_accepted": accepted, "stale_catalogues": stale,
-            "changed_since_last_publish": changes, "reproducible": reproducible, "differences": differences,
-            "images": images, "published": pushed_any, "signed": bool(registry and opts.signing),
-            "push": stats.to_json() if stats else None}
+    return ReleaseReport(
+        release=rel, family=ctx.family.name, source_date_epoch=rb.epoch, epoch_source=rb.epoch_source,
+        layout=str(rb.layout), outdated=tuple(fresh), downgrades_accepted=tuple(accepted),
+        stale_catalogues=tuple(stale), changed_since_last_publish=tuple(changes), reproducible=reproducible,
+        differences=differences, images=images, published=any(i.action == "published" for i in images),
+        signed=bool(registry and opts.signing), push=registry.stats if registry else None)
 
 
-def markdown(report: dict) -> str:
-    lines = ["# FreeBSD container images: nightly report", ""]
-    for r in report["releases"]:
-        rep = {True: "reproducible", False: "**NOT reproducible**", None: "not verified"}[r["reproducible"]]
-        fam = r.get("family", "default")
-        lines += [f"## {r['release']}" + ("" if fam == "default" else f" ({fam} family)"), "", f"SOURCE_DATE_EPOCH {r['source_date_epoch']} (from {r.get('epoch_source', 'the lock')}); {rep}.", ""]
-        if r["changed_since_last_publish"]:
-            lines += ["Packages changed since the last publish:", ""]
-            lines += [f"- {c['package']} {c['old'] or '(new)'} \u2192 {c['new'] or '(removed)'} ({', '.join(c['arches'])})"
-                      for c in r["changed_since_last_publish"]]
-            lines.append("")
-        for title, key in (("Downgrades accepted with --allow-downgrade", "downgrades_accepted"),
-                           ("Catalogues older than the release's catalogue-max-age", "stale_catalogues")):
-            if r.get(key):
-                lines += [f"**{title}:**", ""] + [f"- {d}" for d in r[key]] + [""]
-        lines += ["| image | tags | arch | layers | size | ELF files | dynamic | libraries | unresolved | digest | action |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        accepted = []
-        for img in r["images"]:
-            for p in img["platforms"]:
-                c = p.get("closure") or {}
-                counts = " | ".join(str(c.get(k, "-")) for k in ("elf_files", "dynamic", "libraries", "unresolved"))
-                lines.append(f"| {img['image']} | {', '.join(img['tags'])} | {p['platform']} | {p['layers']} | "
-                             f"{human_size(p['size'])} | {counts} | `{p['digest']}` | {img['action']} |")
-                accepted += [f"- {img['image']} ({p['platform']}): {a['elf']} needs {a['soname']}: {a['reason']}"
-                             for a in c.get("accepted", [])]
+# --- the Markdown report ------------------------------------------------------------------------------------
+
+_REPRODUCIBLE = {True: "reproducible", False: "**NOT reproducible**", None: "not verified"}
+
+
+def _images_markdown(r: ReleaseReport) -> list[str]:
+    """The table of images, then what is attached to them and the libraries accepted missing."""
+    lines = ["| image | tags | arch | layers | size | ELF files | dynamic | libraries | unresolved | digest | action |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    accepted = []
+    for img in r.images:
+        for p in img.platforms:
+            c = p.closure
+            # unresolved: the misses accepted in families.yaml (any other one fails the build)
+            counts = " | ".join(map(str, (c.elf_files, c.dynamic, c.libraries, len(c.accepted)) if c else ("-",) * 4))
+            lines.append(f"| {img.image} | {', '.join(img.tags)} | {p.platform} | {p.layers} | "
+                         f"{human_size(p.size)} | {counts} | `{p.digest}` | {img.action} |")
+            accepted += [f"- {img.image} ({p.platform}): {m.elf} needs {m.soname}: {reason}"
+                         for m, reason in (p.closure.accepted if p.closure else ())]
+    lines.append("")
+    attached = [f"- {img.image} ({p.platform}) `{p.digest}`: "
+                + ", ".join(f"{ref.artifact_type} `{ref.digest}`" for ref in p.referrers)
+                + (f"; signatures in `{p.signatures}`" if p.signatures else "")
+                for img in r.images for p in img.platforms if p.referrers or p.signatures]
+    if attached:
+        lines += ["Referrers (SBOM, provenance) attached to each platform manifest"
+                  + (", and signatures" if r.signed else "") + ":", ""] + attached + [""]
+    if accepted:
+        lines += ["Unresolved shared libraries accepted in families.yaml:", ""] + accepted + [""]
+    return lines
+
+
+def _release_markdown(r: ReleaseReport) -> list[str]:
+    lines = [f"## {r.release}" + ("" if r.family == "default" else f" ({r.family} family)"), "",
+             f"SOURCE_DATE_EPOCH {r.source_date_epoch} (from {r.epoch_source}); {_REPRODUCIBLE[r.reproducible]}.", ""]
+    if r.changed_since_last_publish:
+        lines += ["Packages changed since the last publish:", ""]
+        lines += [f"- {c.package} {c.old or '(new)'} \u2192 {c.new or '(removed)'} ({', '.join(c.arches)})"
+                  for c in r.changed_since_last_publish]
         lines.append("")
-        attached = [f"- {img['image']} ({p['platform']}) `{p['digest']}`: "
-                    + ", ".join(f"{r['artifactType']} `{r['digest']}`" for r in p.get("referrers") or [])
-                    + (f"; signatures in `{p['signatures']}`" if p.get("signatures") else "")
-                    for img in r["images"] for p in img["platforms"] if p.get("referrers") or p.get("signatures")]
-        if attached:
-            lines += ["Referrers (SBOM, provenance) attached to each platform manifest"
-                      + (", and signatures" if r.get("signed") else "") + ":", ""] + attached + [""]
-        if accepted:
-            lines += ["Unresolved shared libraries accepted in families.yaml:", ""] + accepted + [""]
-        if r["differences"]:
-            lines += ["Differences between the two verification builds:", "", "```"] + r["differences"] + ["```", ""]
+    for title, items in (("Downgrades accepted with --allow-downgrade", r.downgrades_accepted),
+                         ("Catalogues older than the release's catalogue-max-age", r.stale_catalogues)):
+        if items:
+            lines += [f"**{title}:**", ""] + [f"- {d}" for d in items] + [""]
+    lines += _images_markdown(r)
+    if r.differences:
+        lines += ["Differences between the two verification builds:", "", "```"] + list(r.differences) + ["```", ""]
+    return lines
+
+
+def markdown(report: NightlyReport) -> str:
+    lines = ["# FreeBSD container images: nightly report", ""]
+    for r in report.releases:
+        lines += _release_markdown(r)
     return "\n".join(lines)
 
 
-def run(contexts: list[Context], opts: NightlyOptions, log: Callable[[str], None]) -> dict:
-    report = {"releases": []}
-    for ctx in contexts:
-        report["releases"].append(run_release(ctx, opts, log))
+def run(contexts: list[Context], opts: NightlyOptions, log: Log) -> NightlyReport:
+    report = NightlyReport(tuple(run_release(ctx, opts, log) for ctx in contexts))
     opts.report_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(opts.report_dir / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(opts.report_dir / "report.json",
+                       (json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode())
     atomic_write_bytes(opts.report_dir / "report.md", markdown(report).encode())
     return report

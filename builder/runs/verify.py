@@ -8,6 +8,8 @@ packages by name, which a unit test proves on a reversed catalogue.)
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from builder.common.log import Log
 from builder.errors import BuildError
 from builder.prove.diff import Difference, diff
+from builder.runs.context import Context, RunOptions
+from builder.runs.images import ImageOptions, build_release
 
 PERTURBATIONS = (
     {"TZ": "UTC", "LC_ALL": "C", "PYTHONHASHSEED": "1", "umask": "022", "jobs": "1"},
@@ -45,22 +50,30 @@ class VerifyRequest:
     squash: bool = False
     family: Optional[str] = None            # None: the default family
 
-    def build_argv(self) -> list[str]:
-        argv = ["--release", self.release] + (["--family", self.family] if self.family else [])
-        argv += [x for f in self.flavours for x in ("--flavour", f)] if self.flavours else ["--all"]
-        argv += ["--lock", str(Path(self.lock).resolve())]
-        argv += [x for a in self.arches for x in ("--arch", a)]
-        if self.mirror:
-            argv += ["--mirror", self.mirror]
-        if self.keys:
-            argv += ["--keys", str(Path(self.keys).resolve())]
-        return argv + [f for f, on in (("--zstd", self.zstd), ("--squash", self.squash)) if on]
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "VerifyRequest":
+        paths = {"project", "lock", "keys"}
+        return cls(**{f.name: (Path(doc[f.name]) if f.name in paths and doc[f.name] is not None
+                               else tuple(doc[f.name]) if isinstance(doc[f.name], list) else doc[f.name])
+                      for f in dataclasses.fields(cls)})
+
+
+def build_one(req: VerifyRequest, out: Path, jobs: int) -> None:
+    """One of the two builds, in the process verify started: the request's inputs, no others."""
+    ctx = Context.open(RunOptions(project=req.project, arches=req.arches, mirror=req.mirror, keys=req.keys,
+                                  lock=Path(req.lock).resolve(), family=req.family), req.release)
+    lock = ctx.ensure_lock(check=False)
+    build_release(ctx, lock, out, ImageOptions(flavours=req.flavours, compression="zstd" if req.zstd else "gzip",
+                                               squash=req.squash, jobs=jobs), Log(-1))
 
 
 def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
     root = Path(work or tempfile.mkdtemp(prefix="freebsd-images-verify."))
-    build_argv = req.build_argv()
-    project_args = ["--project", str(req.project)]
+    request = json.dumps(req.to_json())
     release = req.release
     layouts = []
     first_cache = root / "home0" / "cache"
@@ -72,8 +85,7 @@ def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
                    XDG_CACHE_HOME=str(first_cache),
                    PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2])]
                                               + [x for x in [os.environ.get("PYTHONPATH")] if x]))
-        argv = [sys.executable, "-m", "builder", *project_args, "build", *build_argv, "--out", str(out),
-                "--jobs", p["jobs"]]
+        argv = [sys.executable, "-m", "builder.runs.verify", request, str(out), p["jobs"]]
         quoted = " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
         r = subprocess.run(["sh", "-c", f"umask {p['umask']}; exec {quoted}"], cwd=home / "cwd", env=env,
                            capture_output=True, text=True)
@@ -81,3 +93,11 @@ def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
             raise BuildError(f"verify: build {i + 1} of 2 failed:\n{r.stderr}")
         layouts.append(out / release)
     return VerifyResult((layouts[0], layouts[1]), diff(str(layouts[0]), str(layouts[1])))
+
+
+if __name__ == "__main__":
+    # the builds verify runs: ``python -m builder.runs.verify REQUEST-JSON OUT JOBS``
+    try:
+        build_one(VerifyRequest.from_json(json.loads(sys.argv[1])), Path(sys.argv[2]), int(sys.argv[3]))
+    except BuildError as exc:
+        sys.exit(f"error: {exc}")
