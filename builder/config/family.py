@@ -6,9 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-import jinja2
 
-from builder.common import templates
 from builder.config import schema as S
 from builder.config.yamlsrc import Located, load_file
 from builder.errors import ConfigError, Diagnostic
@@ -234,24 +232,10 @@ _CONFIG = S.Struct({
 })
 
 
-def _template(doc: Located, path, value, out) -> None:
-    if not isinstance(value, str):
-        out.append(doc.diag(path, f"expected a template string, got {type(value).__name__}"))
-        return
-    try:
-        templates.environment().parse(value)
-    except jinja2.TemplateSyntaxError as exc:
-        out.append(doc.diag(path, f"bad template: {exc.message}"))
-
-
-_TEMPLATE = S.Custom(_template)
 _IMAGE = S.Struct({
-    "name": S.Field(_TEMPLATE),
-    "tags": S.Field(S.Struct({
-        "immutable": S.Field(S.ListOf(_TEMPLATE)),
-        "moving": S.Field(S.ListOf(_TEMPLATE)),
-    })),
-    "archive-ref": S.Field(_TEMPLATE),
+    "name": S.Field(S.TEMPLATE),
+    "tags": S.Field(S.TAGS),
+    "archive-ref": S.Field(S.TEMPLATE),
 })
 _ABS = S.Str(pattern=ABS_PATH, expected="an absolute path")
 _PACKAGE = S.OneOf({

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-import jinja2
 
 from builder.common import templates
 
@@ -181,21 +180,7 @@ def _render(template: str, **ctx) -> str:
     return templates.render_string(template, f"template {template!r}", _ENV, **ctx)
 
 
-def _template(doc: Located, path, value, out) -> None:
-    if not isinstance(value, str):
-        out.append(doc.diag(path, f"expected a template string, got {type(value).__name__}"))
-        return
-    try:
-        _ENV.parse(value)
-    except jinja2.TemplateSyntaxError as exc:
-        out.append(doc.diag(path, f"bad template: {exc.message}"))
-
-
-_TEMPLATE = S.Custom(_template)
-TAGS = S.Struct({
-    "immutable": S.Field(S.ListOf(_TEMPLATE)),
-    "moving": S.Field(S.ListOf(_TEMPLATE)),
-})
+TAGS = S.TAGS
 # registry host[:port] and zero or more repository path components
 NAMESPACE = r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*"
 _REPO = S.Struct({
@@ -220,9 +205,9 @@ RELEASE_SCHEMA = S.Struct({
         key_expected="a FreeBSD architecture (amd64, aarch64, riscv64, ...)"), required=True),
     "repositories": S.Field(S.MapOf(_REPO, key_pattern=r"[a-z][a-z0-9_-]*", key_expected="a repository key"), required=True),
     "image": S.Field(S.Struct({
-        "name": S.Field(_TEMPLATE, required=True),
+        "name": S.Field(S.TEMPLATE, required=True),
         "tags": S.Field(TAGS, required=True),
-        "archive-ref": S.Field(_TEMPLATE),
+        "archive-ref": S.Field(S.TEMPLATE),
     }), required=True),
     "publish": S.Field(S.Struct({
         "namespace": S.Field(S.Str(pattern=NAMESPACE, expected="a registry and namespace like ghcr.io/freebsd")),

@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import jinja2
+
+from builder.common import templates
 from builder.config.yamlsrc import Located, PathKey
 from builder.errors import Diagnostic
 
@@ -161,3 +164,21 @@ def validate(doc: Located, rule: Rule) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     rule.check(doc, (), doc.data, out)
     return out
+
+
+def _template(doc: Located, path, value, out) -> None:
+    if not isinstance(value, str):
+        out.append(doc.diag(path, f"expected a template string, got {type(value).__name__}"))
+        return
+    try:
+        templates.environment().parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        out.append(doc.diag(path, f"bad template: {exc.message}"))
+
+
+# A Jinja template string (image names, tags, archive refs), checked for syntax where it is read.
+TEMPLATE = Custom(_template)
+TAGS = Struct({
+    "immutable": Field(ListOf(TEMPLATE)),
+    "moving": Field(ListOf(TEMPLATE)),
+})
