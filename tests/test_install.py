@@ -542,3 +542,19 @@ flavours:
     below, same = results["below"].fs.nodes, results["same"].fs.nodes
     for path in ("/etc/pwd.db", "/etc/spwd.db", "/etc/passwd", "/var/db/services.db", "/etc/login.conf.db"):
         assert same[path] is below[path]
+
+
+def test_a_refusal_while_assembling_names_the_image_arch_and_flavour_once(tmp_path):
+    """build_flavour adds the "release/arch image (flavour)" context to every refusal, once."""
+    proj = reference_project(tmp_path)
+    (proj / "families.yaml").write_text("""
+schema: 1
+flavours:
+  below: {description: the packages, packages: [FreeBSD-runtime]}
+  takes: {description: extracts a file that is not there, parent: below,
+          extract: [{package: FreeBSD-runtime, paths: [/no/such/file]}]}
+""")
+    with pytest.raises(BuildError) as e:
+        build_one_arch(context(proj, cache=tmp_path / "cache"), "amd64", tmp_path / "out")
+    assert str(e.value) == ("14.2/amd64 image freebsd14.2-takes (flavour takes): "
+                            "package FreeBSD-runtime has no /no/such/file to extract")
