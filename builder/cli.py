@@ -127,6 +127,9 @@ _ROWS = (
     Option(("--no-layer-cache",), "build every layer even when the layer cache has it (the cache never changes "
            "the bytes)", action="store_true", default=False),
     Option(("--epoch",), "SOURCE_DATE_EPOCH for this build instead of the lock's (changes every digest)", type=int),
+    Option(("--allow-writer-drift",), "build even when the libraries that write the bytes (SQLite, libdeflate, "
+           "libzstd) are not the pinned versions: warned, and recorded in every image and the nightly report",
+           action="store_true", default=False),
     Option(("--work",), "keep both builds here", type=Path, default_help="a temporary directory, removed"),
     # registries and signatures
     Option(("--to",), "registry and namespace to publish to, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd "
@@ -172,7 +175,8 @@ OPTIONS: dict[str, Option] = {o.key or o.flags[-1].lstrip("-"): o for o in _ROWS
 
 GLOBAL_OPTIONS = ("project", "debug", "quiet", "verbose")
 RELEASE_OPTIONS = ("arch", "mirror", "keys", "lock", "lock-dir", "cache-dir", "family")
-SELECT_OPTIONS = ("release", "all", "flavour", "zstd", "squash", "update", "allow-downgrade") + RELEASE_OPTIONS
+SELECT_OPTIONS = ("release", "all", "flavour", "zstd", "squash", "update", "allow-downgrade",
+                  "allow-writer-drift") + RELEASE_OPTIONS
 
 RELEASE = _positional("release", "release name, e.g. 14.2")
 IMAGES = _positional("images", "image to build, e.g. freebsd14.2-minimal", nargs="*", metavar="IMAGE")
@@ -358,7 +362,8 @@ def cmd_build(args) -> int:
         ctx = _context(args, rel)
         lock = ctx.ensure_lock(args.update, args.log.warn, args.allow_downgrade, check=False)
         opts = ImageOptions(flavours=tuple(flavours), compression="zstd" if args.zstd else "gzip", squash=args.squash,
-                            epoch=args.epoch, jobs=args.jobs, workers=args.workers, use_cache=not args.no_layer_cache)
+                            epoch=args.epoch, jobs=args.jobs, workers=args.workers, use_cache=not args.no_layer_cache,
+                            allow_writer_drift=args.allow_writer_drift)
         rb = build_release(ctx, lock, args.out, opts, args.log)
         if args.archives:
             for path in write_release_archives(rb, ctx, args.out, args.sign_key):
@@ -477,7 +482,8 @@ def cmd_verify(args) -> int:
         ctx = _context(args, rel)
         ctx.ensure_lock(args.update, args.log.warn, args.allow_downgrade)
         req = VerifyRequest(ctx.project.root, rel, ctx.lock_path, tuple(flavours), tuple(args.arch or ()),
-                            ctx.source.mirror, ctx.source.keys, args.zstd, args.squash, ctx.family.name)
+                            ctx.source.mirror, ctx.source.keys, args.zstd, args.squash, ctx.family.name,
+                            args.allow_writer_drift)
         res = verify(req, args.work and args.work / rel)
         if res.differences:
             status = 1
@@ -510,7 +516,7 @@ def cmd_verify_image(args) -> int:
 
 @command("nightly", "release engineering's nightly: outdated, lock, build, verify, publish what changed, report",
          options=("to", "insecure", "user", "password-env", "nightly-out", "state-dir", "report-dir", "no-verify",
-                  "sign-key", "lookaside", "allow-downgrade") + RELEASE_OPTIONS,
+                  "sign-key", "lookaside", "allow-downgrade", "allow-writer-drift") + RELEASE_OPTIONS,
          positionals=(_positional("releases", "release lines (default: every file in releases/)", nargs="*",
                                   metavar="RELEASE"),))
 def cmd_nightly(args) -> int:
@@ -520,7 +526,7 @@ def cmd_nightly(args) -> int:
     opts = NightlyOptions(to=args.to, insecure=args.insecure, out=args.out,
                           state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
                           verify=not args.no_verify, auth=credentials(args.user, args.password_env),
-                          allow_downgrade=args.allow_downgrade)
+                          allow_downgrade=args.allow_downgrade, allow_writer_drift=args.allow_writer_drift)
     with _signing(args.sign_key, args.lookaside or args.out / "lookaside") as signing:
         report = run([_context(args, r) for r in releases], replace(opts, signing=signing), args.log)
     for r in report.releases:

@@ -225,9 +225,9 @@ def test_remove_gives_whiteout_and_squash_gives_one_layer(demo_mirror, tmp_path)
     for name, desc in refs.items():
         if desc.media_type.endswith("index.v1+json"):
             assert [m["platform"]["architecture"] for m in layout.read_json(desc.digest)["manifests"]] == ["amd64"], name
-    assert len(list(layout.blobs.iterdir())) == 4 + 4 + 4 + 4 + 4 * 2 * 2 + 1, \
-        "indexes, manifests, configs and layers of one arch; an SBOM and a provenance (manifest + document) " \
-        "per platform manifest and their shared empty config"
+    assert len(list(layout.blobs.iterdir())) == 4 + 4 + 4 + 4 + 4 * 3 * 2 + 1, \
+        "indexes, manifests, configs and layers of one arch; an SBOM, a provenance and a recipe (manifest + " \
+        "document) per platform manifest and their shared empty config"
     top = manifests(layout, f"freebsd{RELEASE}-small")["layers"][-1]
     names = {m.name for m in layer_members(layout, top["digest"])}
     assert "usr/share/.wh.zoneinfo" in names and "etc/.wh.termcap.small" in names
@@ -245,7 +245,7 @@ def test_gc_removes_only_unreferenced(built, tmp_path):
     want = reachable_by_hand(layout.root)
     # 16 refs: 4 indexes (two tags each), 8 platform manifests (ref'd by name too) -> 8 configs, 4 layers per arch;
     # 16 referrers (SBOM and provenance of each platform manifest): manifest + document each, one empty config
-    assert len(want) == 4 + 8 + 8 + 4 * 2 + 16 * 2 + 1
+    assert len(want) == 4 + 8 + 8 + 4 * 2 + 24 * 2 + 1
     assert {"sha256:" + p.name for p in layout.blobs.iterdir()} == want, "the build leaves no garbage"
     stray = layout.blobs / ("0" * 64)
     stray.write_bytes(b"stray")

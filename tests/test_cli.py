@@ -70,7 +70,8 @@ def _report() -> dict:
                "downgrades_accepted": ["d"], "stale_catalogues": [],
                "changed_since_last_publish": [{"package": "p", "old": None, "new": "2", "arches": ["amd64", "aarch64"]}],
                "reproducible": False, "differences": ["x differs"], "images": [image], "published": True,
-               "signed": True, "push": push}
+               "signed": True, "push": push, "writer_drift": ["libzstd: zstandard 0.23.0 running libzstd 1.5.7 is "
+                                                               "another version"]}
     return {"releases": [release, dict(release, family="default", reproducible=None, push=None, images=[])]}
 
 
@@ -84,4 +85,5 @@ def test_nightly_report_round_trips_its_json():
     assert "| 116 | 115 | 46 | 1 |" in md and "| - | - | - | - |" in md
     assert "- freebsd14.2-small (amd64): /usr/bin/x needs libx.so.1: not needed here" in md
     assert "- p (new) \u2192 2 (amd64, aarch64)" in md
+    assert "- libzstd: zstandard 0.23.0 running libzstd 1.5.7 is another version" in md
     assert "application/spdx+json `sha256:s`; signatures in `/look/ns/img@sha256=m`" in md

@@ -26,6 +26,7 @@ from builder.oci.layout import Layout, canonical
 from builder.oci.registry import Registry, publish, referrers_tag, targets_in_layout
 from builder.oci.sign import DSSE_MT, Signer, SigningPlan, Verifier, pae
 from builder.runs.images import git_commit
+from builder.oci.recipe import RECIPE_MT
 from tests.buildutil import build_demo_family, demo_project, reachable_by_hand, run
 from tests.conftest import ROOT
 from tests.registry import LocalHttp
@@ -205,7 +206,7 @@ def test_sbom_and_provenance_are_byte_identical_across_builds(family, demo_mirro
     r = subprocess.run(["sh", "-c", "umask 077; exec \"$@\"", "sh", *argv], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     a, b = referrer_docs(Layout(rb.layout)), referrer_docs(Layout(out / RELEASE))
-    assert len(a) == 16 and set(a) == set(b)
+    assert len(a) == 24 and set(a) == set(b)     # SBOM, provenance and recipe of 8 platform manifests
     for k in a:
         assert a[k][1] == b[k][1], k
         assert canonical(a[k][0]) == canonical(b[k][0]), k
@@ -309,7 +310,7 @@ def published(family, registry, keys, tmp_path_factory):
 def test_publish_lists_sbom_and_provenance_in_the_referrers_tag(published, registry):
     rb, layout, _, stats, _ = published
     # docker-registry 2.8 has no referrers API: the tag schema is what clients find
-    assert stats.referrer_tags == 8 and stats.referrers == 8 * 3
+    assert stats.referrer_tags == 8 and stats.referrers == 8 * 4     # SBOM, provenance, recipe, the signed statement
     attached = referrer_docs(layout)
     for digest, (name, _, _) in platform_manifests(layout).items():
         r = requests.get(f"http://{registry.host}/v2/signed/{name}/manifests/{referrers_tag(digest)}",
@@ -423,7 +424,7 @@ def test_second_signed_publish_writes_nothing(published, registry, keys, capsys)
     assert "test@example.org" not in out.out + out.err
     stats = json.loads(out.out)
     assert (stats["uploaded"], stats["manifests"], stats["referrers"], stats["signatures"]) == (0, 0, 0, 0)
-    assert stats["referrers_unchanged"] == 16
+    assert stats["referrers_unchanged"] == 24
     assert not [l for l in registry.requests_log()[before:] if l.startswith(("POST", "PATCH", "PUT"))]
     assert sorted(str(p) for p in lookaside.rglob("signature-*")) == files
 
@@ -515,10 +516,10 @@ def test_the_referrers_api_is_used_when_the_registry_has_one(family, registry, t
     try:
         stats = publish(layout, Registry(proxy.host, insecure=True), "api",
                         targets_in_layout(layout, [f"freebsd{RELEASE}-base"]))
-        assert stats.referrers == 4 and stats.referrer_tags == 0 and proxy.tag_writes == []
+        assert stats.referrers == 6 and stats.referrer_tags == 0 and proxy.tag_writes == []
         for digest, (name, _, _) in platform_manifests(layout).items():
             if name.endswith("-base"):
-                assert {d["artifactType"] for d in proxy.index[(f"api/{name}", digest)]} == {SPDX_MT, INTOTO_MT}
+                assert {d["artifactType"] for d in proxy.index[(f"api/{name}", digest)]} == {SPDX_MT, INTOTO_MT, RECIPE_MT}
         assert main(["verify-image", f"docker://{proxy.host}/api/freebsd{RELEASE}-base:{RELEASE}", "--insecure",
                      "--lock", str(tmp / "locks" / f"{RELEASE}.lock.json")]) == 0
     finally:
@@ -643,7 +644,7 @@ def test_nightly_signs_what_it_publishes_and_reports_referrers(demo_mirror, regi
     for img in report["images"]:
         assert img["action"] == "published" and Path(img["signatures"]).is_dir()
         for p in img["platforms"]:
-            assert sorted(x["artifactType"] for x in p["referrers"]) == [SPDX_MT, INTOTO_MT]
+            assert sorted(x["artifactType"] for x in p["referrers"]) == sorted([SPDX_MT, INTOTO_MT, RECIPE_MT])
             assert (Path(p["signatures"]) / "signature-1").is_file()
             for x in p["referrers"]:
                 assert f"`{x['digest']}`" in md

@@ -41,10 +41,11 @@ class ImageMeta:
     revision: Optional[str] = None    # org.opencontainers.image.revision (a configured value only: see runs.images)
 
 
-def build_environment(compression: str) -> str:
-    """The writers whose versions shape an image's bytes, so that `diff` can name them when they differ."""
+def build_environment(compression: str, drift: tuple[str, ...] = ()) -> str:
+    """The writers whose versions shape an image's bytes, so that `diff` can name them when they differ;
+    and, for a build allowed to run with other writers than the pinned ones, what differed."""
     return (f"format {FORMAT_VERSION}; layers {compression}: {compress.versions()[compression]}; "
-            f"pkg database: {pkgdb.writer_version()}")
+            f"pkg database: {pkgdb.writer_version()}" + "".join(f"; writer drift: {d}" for d in drift))
 
 
 def platform(arch: Arch) -> tuple[tuple[str, str], ...]:

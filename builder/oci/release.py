@@ -49,3 +49,4 @@ class ReleaseBuild:
     revision_in_images: bool = False    # True: a configured value, in every manifest; False: the checkout's commit,
                                         # recorded outside the images (layout and archive index.json) only
     family: str = "default"
+    writer_drift: tuple[str, ...] = ()  # writers other than the pinned ones, built with --allow-writer-drift

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from builder.common import compress
+from builder.common import compress, writers
 from builder.common.epoch import source_date_epoch
 from builder.common.hashing import file_digest
 from builder.common.log import Log
@@ -27,9 +27,11 @@ from builder.layers.plan import LayerOptions
 from builder.layers.writer import LayerInfo
 from builder.oci import attest, image as oci
 from builder.oci.layout import CONFIG_MT, INDEX_MT, MANIFEST_MT, Descriptor, Layout, canonical
+from builder.oci.recipe import RECIPE_MT
 from builder.oci.release import BuiltImage, ReleaseBuild
 from builder.resolve.lock import Lock, check_lock, fetch_catalogues
 from builder.runs.context import Context
+from builder.runs.recipe import make_recipe, project_files
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class ImageOptions:
     jobs: int = 2                       # arches built in parallel
     workers: int = os.cpu_count() or 1  # compression processes (0: in the builder's own process)
     use_cache: bool = True              # the layer and scan caches (they never change the bytes)
+    allow_writer_drift: bool = False    # build with other writers than the pinned ones (warned, recorded)
+    check_catalogues: bool = True       # False: packages are taken by their locked sums alone (reproduce)
 
 
 def git_commit(root: Path) -> Optional[str]:
@@ -104,20 +108,36 @@ class _Run:
 def build_release(ctx: Context, lock: Lock, out: Path, opts: ImageOptions = ImageOptions(),
                   log: Log = Log()) -> ReleaseBuild:
     """A release's images into OUT/<release>/, in named steps: layers, images, attestations, indexes."""
+    drift = check_writers(opts.allow_writer_drift, log)
     epoch, epoch_source = build_epoch(lock, opts.epoch)
     if epoch_source != "the lock":
         log.info(f"{ctx.name}: SOURCE_DATE_EPOCH {epoch} from {epoch_source} overrides the lock's "
                  f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
     check_names(ctx, lock, opts)
     run = _Run(ctx, lock, Layout(layout_dir(out, ctx.name)).init(), opts, epoch,
-               oci.build_environment(opts.compression), log)
+               oci.build_environment(opts.compression, drift), log)
     revision, in_images = image_revision(ctx)
     results = build_layers(run)
     images, metas = write_images(run, results, revision if in_images else None)
     images = attach_attestations(run, results, images)
     indexes, refs = write_indexes(run, images, metas, revision if not in_images else None)
     return ReleaseBuild(ctx.name, run.layout.root, epoch, tuple(images), indexes, refs, run.layout.written,
-                        epoch_source, revision, in_images, ctx.family.name)
+                        epoch_source, revision, in_images, ctx.family.name, drift)
+
+
+def check_writers(allow: bool, log: Log) -> tuple[str, ...]:
+    """The writers that shape the bytes are the pinned ones, or the build stops before it writes one.
+
+    With ``allow`` it goes on, warns, and the drift is recorded in every image's build environment."""
+    drift = tuple(writers.drift(writers.running()))
+    if drift and not allow:
+        raise BuildError("the writers running are not the pinned ones, so the images would not have the bytes "
+                         "anyone else gets from the same inputs:\n  " + "\n  ".join(drift)
+                         + f"\n  install the pinned ones: {writers.fix_command()}\n  or build anyway with "
+                           "--allow-writer-drift (recorded in the images and the nightly report)")
+    for d in drift:
+        log.warn(f"building with another writer than the pinned one (--allow-writer-drift): {d}")
+    return drift
 
 
 def check_names(ctx: Context, lock: Lock, opts: ImageOptions) -> None:
@@ -146,7 +166,7 @@ def build_layers(run: _Run) -> dict[str, dict[str, FlavourResult]]:
     def one(arch: str):
         if arch not in lock.arches:
             raise BuildError(f"{ctx.name}: arch {arch} is not in the lock file {ctx.lock_path}")
-        res = build_arch(ctx.family, ctx.target.release, arch, lock.arches[arch], _fetcher(ctx, lock, arch, run.log),
+        res = build_arch(ctx.family, ctx.target.release, arch, lock.arches[arch], _fetcher(ctx, lock, arch, run.log, run.opts.check_catalogues),
                          layer_opts, lambda write: layout.put_stream(write)[0], list(run.opts.flavours),
                          warn=run.log.warn, cache=cache, scans_cache=scans, workers=compressors)
         for fname, r in res.items():
@@ -161,9 +181,11 @@ def build_layers(run: _Run) -> dict[str, dict[str, FlavourResult]]:
             return dict(pool.map(one, ctx.arches))
 
 
-def _fetcher(ctx: Context, lock: Lock, arch: str, log: Log):
-    """The named locked packages of one arch, downloaded (or found in the cache) and checked."""
-    checked = []
+def _fetcher(ctx: Context, lock: Lock, arch: str, log: Log, check_catalogues: bool = True):
+    """The named locked packages of one arch, downloaded (or found in the cache) and checked against their
+    locked sums; first the lock against the catalogues, unless the packages are wanted by sum alone (a
+    reproduction of a published image, whose packages the catalogues may have dropped since)."""
+    checked = [] if check_catalogues else [arch]
 
     def packages(names: list[str]) -> dict:
         # the catalogues are read only now, when something has to be downloaded
@@ -216,9 +238,10 @@ def image_meta(run: _Run, fname: str, res: FlavourResult, revision: Optional[str
 
 def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
                         images: list[BuiltImage]) -> list[BuiltImage]:
-    """Step 3: each platform manifest's SBOM and provenance, attached as unnamed referrers."""
+    """Step 3: each platform manifest's SBOM, provenance and build recipe, attached as unnamed referrers."""
     ctx, lock, declared = run.ctx, run.lock, run.ctx.target.release
     inputs = _input_digests(ctx, lock)
+    files = project_files(ctx)
     commit = git_commit(ctx.project.root) or "unknown"
     out = []
     for img in images:
@@ -230,11 +253,16 @@ def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
                           label_url or attest.NAMESPACE_BASE)
         params = {"release": ctx.name, "arch": img.arch, "flavour": img.flavour, "image": img.name,
                   "compression": run.opts.compression, "squash": run.opts.squash}
-        statement = attest.provenance(subject, params, inputs + _catalogues(declared, lock, img.arch), run.epoch,
-                                      commit, run.build_env)
+        recipe = canonical(make_recipe(ctx, files, lock, img.arch, img.flavour, run.epoch, run.opts.compression,
+                                       run.opts.squash).to_json())
+        made_from = [{"name": "recipe", "mediaType": RECIPE_MT,
+                      "digest": {"sha256": Layout.digest_of(recipe).split(":", 1)[1]}}]
+        statement = attest.provenance(subject, params, inputs + _catalogues(declared, lock, img.arch) + made_from,
+                                      run.epoch, commit, run.build_env)
         refs = (attest.attach(run.layout, img.manifest, attest.SPDX_MT, attest.SPDX_MT, canonical(doc), run.epoch),
                 attest.attach(run.layout, img.manifest, attest.INTOTO_MT, attest.INTOTO_MT, canonical(statement),
-                              run.epoch))
+                              run.epoch),
+                attest.attach(run.layout, img.manifest, RECIPE_MT, RECIPE_MT, recipe, run.epoch))
         out.append(replace(img, referrers=refs))
     return out
 

@@ -38,6 +38,7 @@ class NightlyOptions:
     auth: Optional[tuple[str, str]] = None   # registry user and password
     allow_downgrade: bool = False            # accept a rollback of the lock (recorded in the report)
     signing: Optional[SigningPlan] = None    # sign what is published (FREEBSD_IMAGES_SIGN_KEY)
+    allow_writer_drift: bool = False         # build with other writers than the pinned ones (recorded)
 
 
 # --- the report: what report.json holds, typed; to_json/from_json round-trip it exactly ---------------------
@@ -133,6 +134,7 @@ class ReleaseReport:
     published: bool                   # something was pushed
     signed: bool
     push: Optional[PushStats]         # None: no registry
+    writer_drift: tuple[str, ...] = ()   # writers other than the pinned ones (--allow-writer-drift)
 
     def to_json(self) -> dict:
         return {"release": self.release, "family": self.family, "source_date_epoch": self.source_date_epoch,
@@ -142,7 +144,7 @@ class ReleaseReport:
                 "changed_since_last_publish": [c.to_json() for c in self.changed_since_last_publish],
                 "reproducible": self.reproducible, "differences": list(self.differences),
                 "images": [i.to_json() for i in self.images], "published": self.published, "signed": self.signed,
-                "push": self.push.to_json() if self.push else None}
+                "push": self.push.to_json() if self.push else None, "writer_drift": list(self.writer_drift)}
 
     @classmethod
     def from_json(cls, doc: dict) -> "ReleaseReport":
@@ -151,7 +153,8 @@ class ReleaseReport:
                    tuple(doc["downgrades_accepted"]), tuple(doc["stale_catalogues"]),
                    tuple(map(PackageChange.from_json, doc["changed_since_last_publish"])), doc["reproducible"],
                    tuple(doc["differences"]), tuple(map(ImageReport.from_json, doc["images"])), doc["published"],
-                   doc["signed"], PushStats(**doc["push"]) if doc["push"] is not None else None)
+                   doc["signed"], PushStats(**doc["push"]) if doc["push"] is not None else None,
+                   tuple(doc.get("writer_drift", ())))
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def _verify(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Optional[bool
     if not opts.verify:
         return None, ()
     req = VerifyRequest(ctx.project.root, ctx.name, ctx.lock_path, arches=ctx.arches, mirror=ctx.source.mirror,
-                        keys=ctx.source.keys, family=ctx.family.name)
+                        keys=ctx.source.keys, family=ctx.family.name, allow_writer_drift=opts.allow_writer_drift)
     work = opts.out / f".verify-{ctx.name}-{ctx.family.name}"
     res = verify(req, work)
     shutil.rmtree(work, ignore_errors=True)
@@ -256,7 +259,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
     changes = changed_packages(load_lock(published_lock_path), lock)
     log.info(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
 
-    rb = build_release(ctx, lock, opts.out, ImageOptions(), log)
+    rb = build_release(ctx, lock, opts.out, ImageOptions(allow_writer_drift=opts.allow_writer_drift), log)
     reproducible, differences = _verify(ctx, opts, log)
     registry, ns = (Registry.for_destination(opts.to, insecure=opts.insecure, auth=opts.auth)
                     if opts.to and reproducible is not False else (None, None))
@@ -268,7 +271,8 @@ def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
         layout=str(rb.layout), outdated=tuple(fresh), downgrades_accepted=tuple(accepted),
         stale_catalogues=tuple(stale), changed_since_last_publish=tuple(changes), reproducible=reproducible,
         differences=differences, images=images, published=any(i.action == "published" for i in images),
-        signed=bool(registry and opts.signing), push=registry.stats if registry else None)
+        signed=bool(registry and opts.signing), push=registry.stats if registry else None,
+        writer_drift=rb.writer_drift)
 
 
 # --- the Markdown report ------------------------------------------------------------------------------------
@@ -312,7 +316,8 @@ def _release_markdown(r: ReleaseReport) -> list[str]:
                   for c in r.changed_since_last_publish]
         lines.append("")
     for title, items in (("Downgrades accepted with --allow-downgrade", r.downgrades_accepted),
-                         ("Catalogues older than the release's catalogue-max-age", r.stale_catalogues)):
+                         ("Catalogues older than the release's catalogue-max-age", r.stale_catalogues),
+                         ("Built with other writers than the pinned ones (--allow-writer-drift)", r.writer_drift)):
         if items:
             lines += [f"**{title}:**", ""] + [f"- {d}" for d in items] + [""]
     lines += _images_markdown(r)

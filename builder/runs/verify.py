@@ -49,6 +49,7 @@ class VerifyRequest:
     zstd: bool = False
     squash: bool = False
     family: Optional[str] = None            # None: the default family
+    allow_writer_drift: bool = False
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
@@ -68,7 +69,8 @@ def build_one(req: VerifyRequest, out: Path, jobs: int) -> None:
                                   lock=Path(req.lock).resolve(), family=req.family), req.release)
     lock = ctx.ensure_lock(check=False)
     build_release(ctx, lock, out, ImageOptions(flavours=req.flavours, compression="zstd" if req.zstd else "gzip",
-                                               squash=req.squash, jobs=jobs), Log(-1))
+                                               squash=req.squash, jobs=jobs,
+                                               allow_writer_drift=req.allow_writer_drift), Log(-1))
 
 
 def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
