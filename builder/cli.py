@@ -130,6 +130,10 @@ _ROWS = (
     Option(("--allow-writer-drift",), "build even when the libraries that write the bytes (SQLite, libdeflate, "
            "libzstd) are not the pinned versions: warned, and recorded in every image and the nightly report",
            action="store_true", default=False),
+    Option(("--keep",), "keep the scratch projects and rebuilds here", type=Path,
+           default_help="a temporary directory, removed"),
+    Option(("--from",), "a published image (DIR:NAME:TAG or docker://HOST/REPO:TAG): mirror exactly the packages its "
+           "build recipes lock, from the release's repositories or --mirror", metavar="REF", key="from-image"),
     Option(("--work",), "keep both builds here", type=Path, default_help="a temporary directory, removed"),
     # registries and signatures
     Option(("--to",), "registry and namespace to publish to, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd "
@@ -329,11 +333,22 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-@command("mirror", "copy a release's catalogues and locked packages into a local repository tree",
-         options=RELEASE_OPTIONS,
-         positionals=(RELEASE, _positional("dest", "directory to copy into, as <ABI>/<repo>/", type=Path)))
+@command("mirror", "copy a release's catalogues and locked packages into a local repository tree; or, with --from, "
+                   "the packages a published image was built from",
+         options=RELEASE_OPTIONS + ("from-image", "insecure"),
+         positionals=(_positional("release", "release name, e.g. 14.2 (not with --from)", nargs="?"),
+                      _positional("dest", "directory to copy into, as <ABI>/<repo>/", type=Path)))
 def cmd_mirror(args) -> int:
-    from builder.runs.mirror import mirror_release
+    from builder.runs.mirror import mirror_image, mirror_release
+    source = vars(args)["from"]
+    if source:
+        if args.release:
+            raise BuildError("mirror --from REF takes the release from the image's recipe: give DEST only")
+        for abi, n in mirror_image(source, args.dest, args.mirror, args.insecure, args.cache_dir, args.log).items():
+            print(f"{abi}: mirrored {n} packages into {args.dest / abi}")
+        return 0
+    if not args.release:
+        raise BuildError("mirror wants RELEASE DEST, or --from REF DEST")
     ctx = _context(args)
     lock = ctx.ensure_lock(warn=args.log.warn)
     for abi, n in mirror_release(ctx, lock, args.dest).items():
@@ -453,6 +468,34 @@ def cmd_assemble(args) -> int:
 
 
 # --- prove --------------------------------------------------------------------------------
+
+@command("reproduce", "rebuild published images from the build recipe attached to each and compare, digest for "
+                      "digest (exit 1 naming every difference)",
+         options=("mirror", "insecure", "keep", "cache-dir", "allow-writer-drift", "json"),
+         positionals=(_positional("refs", "an image: DIR:NAME:TAG (an OCI layout) or docker://HOST/REPO:TAG; an index "
+                                          "is reproduced platform by platform", nargs="+", metavar="REF"),))
+def cmd_reproduce(args) -> int:
+    from builder.runs.reproduce import ReproduceOptions, reproduce
+    status, doc = 0, []
+    for n, ref in enumerate(args.refs):
+        keep = args.keep / str(n) if args.keep and len(args.refs) > 1 else args.keep
+        opts = ReproduceOptions(mirror=args.mirror, insecure=args.insecure, keep=keep, cache_dir=args.cache_dir,
+                                allow_writer_drift=args.allow_writer_drift)
+        for o in reproduce(ref, opts, args.log):
+            doc.append({"ref": ref, "image": o.image, "platform": o.platform, "published": o.published,
+                        "rebuilt": o.rebuilt, "identical": o.identical,
+                        "differences": [d.human() for d in o.differences]})
+            if o.identical:
+                print(f"{ref} [{o.platform}]: reproduced: {o.published}")
+                continue
+            status = 1
+            print(f"{ref} [{o.platform}]: NOT reproduced: published {o.published}, rebuilt {o.rebuilt}")
+            for d in o.differences:
+                print(d.human())
+    if args.json:
+        print(json.dumps({"reproduced": status == 0, "platforms": doc}, indent=2))
+    return status
+
 
 @command("diff", "explain every difference between two builds (layouts, release archives or docker:// refs)",
          options=("json", "insecure"),

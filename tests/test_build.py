@@ -298,3 +298,16 @@ def test_reproducible_under_perturbation(demo_mirror, tmp_path):
     assert len(results[0]) == 16
     a, b = (sorted(p.name for p in (tmp_path / f"out{i}" / RELEASE / "blobs" / "sha256").iterdir()) for i in (0, 1))
     assert a == b
+
+
+def test_flavours_may_share_an_image_name_with_other_tags(demo_mirror, tmp_path):
+    """Refs and indexes are made per flavour: one name, tags that differ, every flavour keeps its refs."""
+    project = demo_project(tmp_path)
+    rel = project / "releases" / f"{RELEASE}.yaml"
+    text = rel.read_text().replace('name: "freebsd{{ release }}-{{ flavour }}"', 'name: "freebsd{{ release }}"')
+    rel.write_text(text.replace('immutable: ["{{ release }}", "{{ version }}"]', 'immutable: ["{{ flavour }}-{{ version }}"]'))
+    out = tmp_path / "out"
+    assert main(build_args(project, demo_mirror, out, "--arch", "amd64")) == 0
+    refs = Layout(out / RELEASE).refs()
+    assert {r for r in refs if not r.endswith("-amd64")} == {f"freebsd{RELEASE}:{f}-14.2p1"
+                                                             for f in ("static", "base", "minimal", "small")}

@@ -17,6 +17,7 @@ from tests.tools import have
 from builder.cli import main
 from builder.install import bdb
 from builder.prove.diff import diff
+from builder.oci.image import rfc3339
 from builder.oci.layout import Layout, canonical
 from tests.buildutil import demo_project, run
 from tests.test_build import build_args
@@ -227,3 +228,22 @@ def test_verify_passes_on_demo_family(demo_mirror, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "reproducible: 16 refs identical" in out
+
+
+def test_verify_builds_the_lock_it_was_given_by_a_relative_path(demo_mirror, tmp_path, monkeypatch, capsys):
+    """The two builds run in directories of their own: a relative --lock-dir must still name the lock given."""
+    project = demo_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    common = ["--project", str(project), "--flavour", "static", "--release", RELEASE, "--arch", "amd64",
+              "--mirror", f"file://{demo_mirror}", "--keys", str(demo_mirror / "keys"), "--lock-dir", "locks"]
+    assert main([common[0], common[1], "lock", RELEASE] + common[6:]) == 0
+    lock = tmp_path / "locks" / f"{RELEASE}.lock.json"
+    doc = json.loads(lock.read_text())
+    doc["source-date-epoch"] -= 86400           # a lock no catalogue would give: only this file can say it
+    lock.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    assert main([common[0], common[1], "verify"] + common[2:] + ["--work", "w"]) == 0, capsys.readouterr().err
+    layout = Layout(tmp_path / "w" / RELEASE / "home0" / "out" / RELEASE)
+    config = layout.read_json(layout.read_json(layout.refs()[f"freebsd{RELEASE}-static:{RELEASE}-amd64"].digest)
+                              ["config"]["digest"])
+    assert config["created"] == rfc3339(doc["source-date-epoch"])
+    assert not list((tmp_path / "w").rglob("*.lock.json"))   # no lock was made anywhere else

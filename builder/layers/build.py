@@ -282,9 +282,10 @@ def assemble(job: ArchJob, fname: str, source: PackageSource, parent: Optional[F
             install(fs, sp)
     for ex in fl.extract:
         _extract(fs, ex, source, job.release, epoch)
-    _trust(fs, job.release, fl.trust, epoch, f"flavour {fname}")
+    # build_flavour names the image and flavour: these name only the step
+    _trust(fs, job.release, fl.trust, epoch, "trust roots")
     for f, data in zip(fl.files, rendered):
-        fs.add(_generated(f.path, data, f.mode, epoch, "family", f.uname, f.gname), f"flavour {fname}",
+        fs.add(_generated(f.path, data, f.mode, epoch, "family", f.uname, f.gname), "the flavour's files",
                allow_replace=True)
     for r in fl.remove:
         fs.remove(r)
@@ -389,7 +390,7 @@ def build_flavour(job: ArchJob, step: LayerStep, source: PackageSource, parent: 
     try:
         fs, actions = assemble(job, step.flavour, source, parent, rendered)
         _post_install(fs, actions, source, job.opts.epoch, parent.fs if parent else None)
-        fs.verify(f"flavour {step.flavour}")
+        fs.verify("the assembled filesystem")
         package_database(job, step.flavour, fs, source)
         if hit is not None:
             # Its layer is cached: the filesystem was assembled only for the flavours built on it,
@@ -414,12 +415,14 @@ def plan_arch(job: ArchJob, wanted: list[str]) -> tuple[list[LayerStep], dict[st
     The plan is pure; this is its edge: files are read for the keys, the cache asked for hits, and a
     filesystem the plan wants from the cache that turns out damaged is dropped and the plan made again."""
     family, release = job.family, job.release
-    try:
-        inputs = {f: key_inputs(family, release, f, job.arch) for f in wanted}
-    except ConfigError:
-        raise
-    except BuildError as exc:
-        raise BuildError(f"{release.name}/{job.arch}: {exc}") from exc
+    inputs = {}
+    for f in wanted:
+        try:
+            inputs[f] = key_inputs(family, release, f, job.arch)
+        except ConfigError:
+            raise
+        except BuildError as exc:
+            raise BuildError(f"{job.where(f)}: {exc}") from exc
     env = {"layers": compress.versions()[job.opts.compression], "pkgdb": writer_version()}
     keys = layer_keys(family, release, job.arch, job.lock, job.opts, wanted, inputs, job.repo_names, env)
     hits = {f: e for f in wanted if job.cache and (e := job.cache.get(keys[f])) is not None}

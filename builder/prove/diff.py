@@ -30,6 +30,7 @@ from builder.oci.layout import INDEX_MT, Descriptor, Layout
 
 TEXT_DIFF_LINES = 40
 CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this
+MAX_REFERRERS = 64         # referrers of one manifest brought from a registry
 PKGDB = "var/db/pkg/local.sqlite"
 DB_SUFFIX = ".db"
 
@@ -76,9 +77,10 @@ class Source:
         return refs
 
 
-def open_source(spec: str, insecure: bool = False) -> Source:
+def open_source(spec: str, insecure: bool = False, referrers: bool = False) -> Source:
+    """``referrers``: also bring a registry image's referrers (SBOM, provenance, recipe) into the copy."""
     if spec.startswith("docker://"):
-        return _from_registry(spec, insecure)
+        return _from_registry(spec, insecure, referrers)
     p = Path(spec)
     if p.is_file():
         return _from_archive(p)
@@ -134,8 +136,8 @@ def _descriptors(doc: dict, key: str, what: str, many: bool = True) -> list[dict
     return items
 
 
-def _from_registry(spec: str, insecure: bool) -> Source:
-    from builder.oci.registry import ACCEPT, Registry
+def _from_registry(spec: str, insecure: bool, with_referrers: bool = False) -> Source:
+    from builder.oci.registry import ACCEPT, Registry, remote_referrers
     rest = spec[len("docker://"):]
     host, _, path = rest.partition("/")
     repo, _, tag = path.rpartition(":") if ":" in path.split("/")[-1] else (path, "", "latest")
@@ -168,20 +170,35 @@ def _from_registry(spec: str, insecure: bool) -> Source:
         top = _registry_doc(data, f"{spec}: manifest")
         digest, size = layout.put_bytes(data)
         mans = [m["digest"] for m in _descriptors(top, "manifests", f"{spec}: index")] if "manifests" in top else [digest]
-        for md in mans:
-            check(md, f"{spec}: index")
-            what = f"{spec}: manifest {md}"
-            if md != digest:
+
+        def manifest(md: str, what: str) -> None:
+            if not layout.has_blob(md):
                 store(reg.request("GET", f"/v2/{repo}/manifests/{md}", f"repository:{repo}:pull",
                                   headers={"Accept": ACCEPT}).content, md, what)
             m = _registry_doc(layout.read_blob(md), what)
             for blob in _descriptors(m, "config", what, many=False) + _descriptors(m, "layers", what):
                 fetch(blob["digest"], what)
+
+        referrers: dict[str, list[Descriptor]] = {}
+        for md in mans:
+            check(md, f"{spec}: index")
+            manifest(md, f"{spec}: manifest {md}")
+            if with_referrers:
+                listed = remote_referrers(reg, repo, md)[0]
+                if not isinstance(listed, list) or len(listed) > MAX_REFERRERS:
+                    raise BuildError(f"{spec}: manifest {md}: over {MAX_REFERRERS} referrers or not a list; refusing")
+                for d in _descriptors({"manifests": listed}, "manifests", f"{spec}: referrers of {md}"):
+                    check(d["digest"], f"{spec}: referrers of {md}")
+                    manifest(d["digest"], f"{spec}: referrer {d['digest']}")
+                    try:
+                        referrers.setdefault(md, []).append(Descriptor.from_json(d))
+                    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                        raise BuildError(f"{spec}: referrer of {md} is not a descriptor ({exc!r}); refusing") from exc
         media_type = top.get("mediaType", INDEX_MT)
         if not isinstance(media_type, str):
             raise BuildError(f"{spec}: manifest: 'mediaType' is not a string; refusing")
         name = f"{repo.rsplit('/', 1)[-1]}:{tag}"
-        layout.set_refs({name: Descriptor(media_type, digest, size)})
+        layout.set_refs({name: Descriptor(media_type, digest, size)}, referrers=referrers)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -377,7 +394,7 @@ def _platform(desc: dict) -> str:
     return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or "?"
 
 
-def _compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db: str) -> list[Difference]:
+def compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db: str) -> list[Difference]:
     ma, mb = la.read_json(da), lb.read_json(db)
     out: list[Difference] = []
     out += _json_diff(image, f"manifest [{plat}]", ma.get("annotations"), mb.get("annotations"), "annotations")
@@ -422,9 +439,9 @@ def diff_sources(a: Source, b: Source) -> list[Difference]:
             for p in sorted(set(pa) & set(pb)):
                 if pa[p]["digest"] != pb[p]["digest"] and (pa[p]["digest"], pb[p]["digest"]) not in seen:
                     seen.add((pa[p]["digest"], pb[p]["digest"]))
-                    out += _compare_manifest(image, p, a.layout, b.layout, pa[p]["digest"], pb[p]["digest"])
+                    out += compare_manifest(image, p, a.layout, b.layout, pa[p]["digest"], pb[p]["digest"])
         elif x.media_type != INDEX_MT and y.media_type != INDEX_MT:
-            out += _compare_manifest(image, _platform({"platform": dict(x.platform or ())}) if x.platform else "-",
+            out += compare_manifest(image, _platform({"platform": dict(x.platform or ())}) if x.platform else "-",
                                      a.layout, b.layout, x.digest, y.digest)
         else:
             out.append(Difference(image, "ref", field="mediaType", a=x.media_type, b=y.media_type))

@@ -110,7 +110,7 @@ def build_release(ctx: Context, lock: Lock, out: Path, opts: ImageOptions = Imag
     """A release's images into OUT/<release>/, in named steps: layers, images, attestations, indexes."""
     drift = check_writers(opts.allow_writer_drift, log)
     epoch, epoch_source = build_epoch(lock, opts.epoch)
-    if epoch_source != "the lock":
+    if epoch != lock.source_date_epoch:
         log.info(f"{ctx.name}: SOURCE_DATE_EPOCH {epoch} from {epoch_source} overrides the lock's "
                  f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
     check_names(ctx, lock, opts)
@@ -276,11 +276,10 @@ def write_indexes(run: _Run, images: list[BuiltImage], metas: dict[str, oci.Imag
     indexes: dict[str, Descriptor] = {}
     # the checkout's revision rides on the layout's refs: index.json is covered by no digest
     ref_ann = ((oci.ANN + "revision", ref_revision),) if ref_revision else ()
-    by_name: dict[str, list[BuiltImage]] = {}
-    for img in images:
-        by_name.setdefault(img.name, []).append(img)
-    for name, built in by_name.items():
-        tags = built[0].tags
+    # per flavour, as its meta names it: two flavours may share an image name (with other tags)
+    for fname, meta in metas.items():
+        built = [i for i in images if i.flavour == fname]
+        name, tags = meta.name, meta.tags
         # Building some arches keeps the other platforms already in the layout's index.
         kept: list[Descriptor] = []
         old = existing.get(f"{name}:{tags[0]}") if tags else None
@@ -288,7 +287,6 @@ def write_indexes(run: _Run, images: list[BuiltImage], metas: dict[str, oci.Imag
             kept = [d for d in map(Descriptor.from_json, layout.read_json(old.digest).get("manifests", []))
                     if layout.has_blob(d.digest)]
         merged = oci.merge_platforms(kept, [i.manifest for i in built])
-        meta = metas[built[0].flavour]
         idx = layout.put_json(oci.index(merged, oci.index_annotations(meta)), INDEX_MT)
         indexes[name] = idx
         for tag in tags:

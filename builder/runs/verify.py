@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -74,8 +74,10 @@ def build_one(req: VerifyRequest, out: Path, jobs: int) -> None:
 
 
 def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
-    root = Path(work or tempfile.mkdtemp(prefix="freebsd-images-verify."))
-    request = json.dumps(req.to_json())
+    root = Path(work or tempfile.mkdtemp(prefix="freebsd-images-verify.")).resolve()
+    # the builds run in directories of their own: a path relative to ours would name another file there
+    request = json.dumps(replace(req, **{k: Path(getattr(req, k)).resolve() for k in ("project", "lock", "keys")
+                                         if getattr(req, k) is not None}).to_json())
     release = req.release
     layouts = []
     first_cache = root / "home0" / "cache"
