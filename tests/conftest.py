@@ -54,6 +54,8 @@ def _no_user_cache(tmp_path_factory):
     # Module- and session-scoped fixtures build before the per-test cache below is set:
     # they too must never read the user's cache (entries from other builder versions).
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("session-cache"))
+    # the cache key lives in the configuration directory: never the user's either
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("session-config"))
     os.environ.pop("FREEBSD_IMAGES_CACHE", None)
 
 
@@ -61,6 +63,7 @@ def _no_user_cache(tmp_path_factory):
 def _isolated_cache(tmp_path, monkeypatch):
     # No test may touch the user's cache or depend on one.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     for var in ("FREEBSD_IMAGES_MIRROR", "FREEBSD_IMAGES_KEYS", "FREEBSD_IMAGES_REGISTRY_INSECURE"):
         monkeypatch.delenv(var, raising=False)
     yield

@@ -162,15 +162,15 @@ def test_a_layer_is_built_on_its_parents_cached_filesystem(demo_mirror, tmp_path
     restore()
     minimal = [e for e in entries if b'"/bin/sh"' in e.read_bytes()]
     assert len(minimal) == 2
-    for e in minimal:                 # a sound entry filed under another key
-        head, body = e.read_bytes().split(b"\n", 1)
-        e.write_bytes(json.dumps({**json.loads(head), "key": "0" * 64}).encode() + b"\n" + body)
+    others = [e for e in entries if e not in minimal]
+    for e, other in zip(minimal, others):   # a sound entry, sealed for another key, filed under this one
+        e.write_bytes(other.read_bytes())
     assert rebuild() == loaded
     assert len(made) == 4             # minimal replayed, on base's filesystem from the cache; small
     restore()
     for e in entries:
         data = bytearray(e.read_bytes())
-        data[-10] ^= 0x01             # in the body: its sha256 no longer matches
+        data[-10] ^= 0x01             # in the body: its seal no longer matches
         e.write_bytes(bytes(data))
     replayed = rebuild()
     assert len(made) == 8             # every flavour's database, per arch: the parents were replayed
@@ -185,11 +185,11 @@ def test_a_filesystem_entry_over_the_bound_is_neither_written_nor_read(tmp_path,
     from builder.layers import cache as lc
     fs = FileSystem({"/etc": Node("/etc", "dir", 0o755),
                      "/etc/motd": Node("/etc/motd", "file", 0o644, size=3, sha256="x", data=b"hi\n")})
-    store = lc.LayerCache(tmp_path, lambda info: True)
+    store = lc.LayerCache(tmp_path / "layers", lambda info: True, b"k" * 32)
     store.put_fs("a" * 64, fs)
     assert store.get_fs("a" * 64) == fs and store.get_fs("a" * 64).nodes["/etc/motd"].data == b"hi\n"
-    size = store._fs_path("a" * 64).stat().st_size
-    monkeypatch.setattr(lc, "MAX_FS_ENTRY", size - 1)
+    body = store.fs_store.path("a" * 64 + ".fs").read_bytes().split(b"\n", 1)[1]
+    monkeypatch.setattr(lc, "MAX_FS_ENTRY", len(body) - 1)
     assert store.get_fs("a" * 64) is None
     store.put_fs("b" * 64, fs)
-    assert not store._fs_path("b" * 64).exists()
+    assert not store.fs_store.path("b" * 64 + ".fs").exists()

@@ -16,8 +16,12 @@ built again.
 Beside the entry of a flavour that others are built on lies the filesystem
 model its layer stack makes (``<key>.fs``): a child whose layer must be
 built starts from it instead of replaying the parent's packages, post-install
-work and pkg database. Like the scan cache, these are local files the builder
-wrote, checked against their own sha256; a damaged one is a miss.
+work and pkg database.
+
+The cache is untrusted storage (common/sealed.py): every entry is sealed with the user's key,
+kept outside the cache, and bound to its key; an entry that does not verify, or is not a regular
+file of bounded size, is a miss. Even a poisoned entry that verifies cannot reach a registry:
+nightly publishes only what an independent, cache-free build reproduces (runs/nightly.py).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from builder import FORMAT_VERSION, __version__
-from builder.common.atomic import atomic_write_bytes
+from builder.common.sealed import Sealed, private_dir
 from builder.errors import BuildError
 from builder.layers.writer import LayerInfo
 
@@ -99,59 +103,49 @@ def layer_key(**parts: Any) -> str:
 
 
 class LayerCache:
-    """Entries under ``root``; ``blob_ok(info)`` checks that the layout holds the layer's exact bytes."""
+    """Entries under ``root``, sealed with ``key`` (common/sealed.py); ``blob_ok(info)`` checks that the
+    layout holds the layer's exact bytes."""
 
-    def __init__(self, root: Path, blob_ok: Callable[[LayerInfo], bool]):
-        self.root = Path(root)
+    def __init__(self, root: Path, blob_ok: Callable[[LayerInfo], bool], key: bytes):
+        self.store = Sealed(private_dir(root), key, "layer")
+        self.fs_store = Sealed(root, key, "layer-fs")
         self.blob_ok = blob_ok
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
-
     def get(self, key: str) -> Optional[CacheEntry]:
-        path = self._path(key)
         # Anything unexpected in an entry is a miss: the layer is then built again.
+        body = self.store.read(f"{key}.json", MAX_ENTRY)
         try:
-            if path.stat().st_size > MAX_ENTRY:
+            if body is None:
                 return None
-            doc = json.loads(path.read_bytes())
+            doc = json.loads(body)
             if doc.get("key") != key:
                 return None
             entry = CacheEntry.from_json(doc)
             if not self.blob_ok(entry.layer):
                 return None
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, BuildError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, BuildError):
             return None
         return entry
 
     def put(self, key: str, entry: CacheEntry) -> None:
         doc = {"key": key, **entry.to_json()}
-        # not fsynced: a torn entry fails to parse or to match its blob, and is a miss
-        atomic_write_bytes(self._path(key), json.dumps(_plain(doc), sort_keys=True, indent=1).encode(), durable=False)
-
-    def _fs_path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.fs"
+        self.store.write(f"{key}.json", json.dumps(_plain(doc), sort_keys=True, indent=1).encode())
 
     def get_fs(self, key: str):
         """The filesystem the layer stack up to this key's layer makes, or None.
 
         A flavour built on a cached layer starts from it, with no replay of the parent's packages,
-        post-install work and pkg database. The entry carries the sha256 of its own body: a
-        damaged one is a miss (and the parent is replayed).
+        post-install work and pkg database. A damaged or unsealed entry is a miss (and the parent
+        is replayed).
         """
         from builder.install.fsmodel import FileSystem
-        path = self._fs_path(key)
+        body = self.fs_store.read(f"{key}.fs", MAX_FS_ENTRY)
         try:
-            if path.stat().st_size > MAX_FS_ENTRY:
-                return None
-            with open(path, "rb") as fh:
-                meta = json.loads(fh.readline(4096))
-                body = fh.read(MAX_FS_ENTRY)
-            if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(body).hexdigest():
+            if body is None:
                 return None
             docs, _, blobs = body.partition(b"\n")
             return FileSystem({n.path: n for n in _nodes_from_docs(json.loads(docs), blobs)})
-        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
             return None
 
     def put_fs(self, key: str, fs) -> None:
@@ -166,9 +160,8 @@ class LayerCache:
                 at += len(n.data)
             docs.append(doc)
         body = json.dumps(docs).encode() + b"\n" + b"".join(blobs)
-        head = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest()}).encode()
-        if len(head) + 1 + len(body) <= MAX_FS_ENTRY:    # get_fs would never read a larger one
-            atomic_write_bytes(self._fs_path(key), head + b"\n" + body, durable=False)
+        if len(body) <= MAX_FS_ENTRY:    # get_fs would never read a larger one
+            self.fs_store.write(f"{key}.fs", body)
 
 
 @functools.lru_cache(maxsize=1)
@@ -212,32 +205,28 @@ def _nodes_from_docs(docs: list, blobs: bytes = b"") -> list:
 class ScanCache:
     """What scanning a package found (its nodes, manifest, config files), keyed by the package's locked sum.
 
-    The sum was verified when the package was fetched, and the scan is a pure function of the
-    package's bytes, its name, the arch and the epoch: a rebuild of one flavour then has its
-    packages' manifests, and can re-create a parent's filesystem the layer cache does not hold,
-    without opening their packages. Entries are local files the builder
-    wrote; a damaged one is a miss.
+    The scan is a pure function of the package's bytes (which the scan checks against the locked
+    sum), its name, the arch and the epoch: a rebuild of one flavour then has its packages'
+    manifests, and can re-create a parent's filesystem the layer cache does not hold, without
+    opening their packages. Entries are sealed like the layer cache's; a damaged one is a miss.
     """
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    def __init__(self, root: Path, key: bytes):
+        self.store = Sealed(private_dir(root), key, "scan")
 
     def get(self, key: str):
         from builder.install.scan import ScannedPackage
-        path = self._path(key)
+        body = self.store.read(f"{key}.json", MAX_SCAN_ENTRY)
         try:
-            if path.stat().st_size > MAX_SCAN_ENTRY:
+            if body is None:
                 return None
-            doc = json.loads(path.read_bytes())
+            doc = json.loads(body)
             if doc.get("key") != key:
                 return None
             nodes = _nodes_from_docs(doc["nodes"])
             config = {p: base64.b64decode(v) for p, v in doc["config"].items()}
             return ScannedPackage(doc["name"], Path(doc["path"]), doc["manifest"], nodes, config, doc["sha256"])
-        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
             return None
 
     def put(self, key: str, scanned) -> None:
@@ -246,4 +235,4 @@ class ScanCache:
                "nodes": [_node_doc(n) for n in scanned.nodes],
                "config": {p: base64.b64encode(v).decode() for p, v in sorted(scanned.config.items())}}
         # key order kept: the manifest's order is the order pkg registers its files in local.sqlite
-        atomic_write_bytes(self._path(key), json.dumps(doc).encode(), durable=False)
+        self.store.write(f"{key}.json", json.dumps(doc).encode())

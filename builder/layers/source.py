@@ -12,6 +12,7 @@ from builder.errors import BuildError
 from builder.install.fsmodel import FileSystem
 from builder.install.scan import ScannedPackage, read_member, scan_package
 from builder.layers.cache import SCAN_ENTRY, ScanCache, layer_key
+from builder.resolve.checksum import sha256_of
 from builder.resolve.lock import ArchLock
 
 # name -> file, or a function that fetches the named packages and returns name -> file
@@ -58,6 +59,12 @@ class PackageSource:
             got = cache.get(key) if cache else None
             if got is None:
                 got = scan_package(self.path(name), name, self.arch, self.epoch)
+                # the bytes scanned are the bytes verified: a file swapped in the download cache after
+                # its check must not reach the image, nor be filed under the honest package's key
+                want = sha256_of(locked.sum) if locked else None
+                if want is not None and got.sha256 != want:
+                    raise BuildError(f"{self.where}: package {name}: the file read has sha256 {got.sha256}, not the "
+                                     f"locked {want}: it changed after it was checked; refusing")
                 if cache:
                     cache.put(key, got)
             self._scans[name] = got

@@ -10,10 +10,12 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Callable, Optional
 
 from builder.common.atomic import atomic_write_bytes, pending
+from builder.common.sealed import private_dir, read_regular
 from builder.errors import BuildError
 from builder.resolve import checksum
 
@@ -28,12 +30,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "freebsd-images"
 
 
-def _hash_file(path: Path, expected_sum: str) -> tuple[str, str]:
+def _hash_file(path: Path, expected_sum: str) -> tuple[str, Optional[str]]:
+    """(sha256, blake2 when the sum is typed so) of a regular file; ("", None) for anything else: the
+    cache is untrusted storage, and a link to /dev/zero or a FIFO must be a miss, not a hang."""
     # blake2 only for the typed sums that need it: hashing is most of a warm fetch
     sha = hashlib.sha256()
     b2 = checksum.Hasher(checksum.BLAKE2_BASE32) if checksum.file_sum_kind(expected_sum) == checksum.BLAKE2_BASE32 \
         else None
-    with open(path, "rb") as fh:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "", None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "", None
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
             if b2 is not None:
@@ -44,6 +54,13 @@ def _hash_file(path: Path, expected_sum: str) -> tuple[str, str]:
 class Cache:
     def __init__(self, root: Optional[Path] = None):
         self.root = Path(root or default_cache_dir())
+        self._checked = False
+
+    def _private(self) -> None:
+        # checked on first use, not when made: commands that never download never touch the cache
+        if not self._checked:
+            private_dir(self.root)
+            self._checked = True
 
     def _blob(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
@@ -61,18 +78,19 @@ class Cache:
         if kind == checksum.SHA256_HEX:
             return body
         alias = self._alias(expected_sum)
-        try:
-            sha = alias.read_text().strip()
-        except OSError:
+        data = read_regular(alias, 256)
+        if data is None:
             return None
+        sha = data.decode("ascii", "replace").strip()
         return sha if HEX64.fullmatch(sha) else None
 
     def lookup(self, expected_sum: str) -> Optional[Path]:
+        self._private()
         sha = self._sha_for(expected_sum)
         if sha is None:
             return None
         path = self._blob(sha)
-        if not path.exists():
+        if not os.path.lexists(path):
             return None
         actual_sha, b2 = _hash_file(path, expected_sum)
         if actual_sha != sha or not checksum.package_sum_matches(expected_sum, actual_sha, b2):

@@ -7,7 +7,7 @@ pkg's own z-base32 variant (least significant bits first).
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Iterable, Optional
 
 SHA256_HEX = 1
 BLAKE2_BASE32 = 2
@@ -79,6 +79,13 @@ def typed_sum(data: bytes, kind: int) -> str:
     h = Hasher(kind)
     h.update(data)
     return h.typed()
+
+
+def sha256_of(expected: str) -> Optional[str]:
+    """The sha256 (hex) a catalogue ``sum`` names, or None when it names another hash."""
+    if file_sum_kind(expected) != SHA256_HEX:
+        return None
+    return expected.split("$", 1)[1] if "$" in expected else expected
 
 
 def package_sum_matches(expected: str, sha256_hex: str, blake2_b32: str | None) -> bool:

@@ -19,6 +19,7 @@ from builder.common import compress, writers
 from builder.common.epoch import source_date_epoch
 from builder.common.hashing import file_digest
 from builder.common.log import Log
+from builder.common.sealed import user_key
 from builder.config.release import Release
 from builder.errors import BuildError
 from builder.layers.build import FlavourResult, build_arch
@@ -159,8 +160,9 @@ def build_layers(run: _Run) -> dict[str, dict[str, FlavourResult]]:
         # a cache entry is trusted only once the layout's blob is there with exactly its bytes
         return layout.verify_blob(info.digest, info.size)
 
-    cache = LayerCache(ctx.source.cache.root / "layers", blob_ok) if run.opts.use_cache else None
-    scans = ScanCache(ctx.source.cache.root / "scans") if run.opts.use_cache else None
+    key = user_key() if run.opts.use_cache else b""
+    cache = LayerCache(ctx.source.cache.root / "layers", blob_ok, key) if run.opts.use_cache else None
+    scans = ScanCache(ctx.source.cache.root / "scans", key) if run.opts.use_cache else None
     layer_opts = LayerOptions(epoch=run.epoch, compression=run.opts.compression, squash=run.opts.squash)
 
     def one(arch: str):

@@ -24,7 +24,7 @@ from builder.oci.sign import SigningPlan, lookaside_dir
 from builder.resolve.lock import Lock, Update, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
 from builder.runs.context import Context, lock_name
 from builder.runs.images import ImageOptions, build_release, human_size
-from builder.runs.verify import VerifyRequest, verify
+from builder.runs.verify import VerifyRequest, against, verify
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ class ReleaseReport:
     signed: bool
     push: Optional[PushStats]         # None: no registry
     writer_drift: tuple[str, ...] = ()   # writers other than the pinned ones (--allow-writer-drift)
+    unlike_independent: tuple[str, ...] = ()   # how the layout to publish differs from a cache-free build
 
     def to_json(self) -> dict:
         return {"release": self.release, "family": self.family, "source_date_epoch": self.source_date_epoch,
@@ -144,7 +145,8 @@ class ReleaseReport:
                 "changed_since_last_publish": [c.to_json() for c in self.changed_since_last_publish],
                 "reproducible": self.reproducible, "differences": list(self.differences),
                 "images": [i.to_json() for i in self.images], "published": self.published, "signed": self.signed,
-                "push": self.push.to_json() if self.push else None, "writer_drift": list(self.writer_drift)}
+                "push": self.push.to_json() if self.push else None, "writer_drift": list(self.writer_drift),
+                "unlike_independent": list(self.unlike_independent)}
 
     @classmethod
     def from_json(cls, doc: dict) -> "ReleaseReport":
@@ -154,7 +156,7 @@ class ReleaseReport:
                    tuple(map(PackageChange.from_json, doc["changed_since_last_publish"])), doc["reproducible"],
                    tuple(doc["differences"]), tuple(map(ImageReport.from_json, doc["images"])), doc["published"],
                    doc["signed"], PushStats(**doc["push"]) if doc["push"] is not None else None,
-                   tuple(doc.get("writer_drift", ())))
+                   tuple(doc.get("writer_drift", ())), tuple(doc.get("unlike_independent", ())))
 
 
 @dataclass(frozen=True)
@@ -198,19 +200,28 @@ def _relock(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Lock, list[Up
     return lock, fresh, stale, accepted
 
 
-def _verify(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Optional[bool], tuple[str, ...]]:
-    """(reproducible, the first differences) of a second, perturbed build; (None, ()) without verification."""
+def _verify(ctx: Context, opts: NightlyOptions, rb: ReleaseBuild,
+            log: Log) -> tuple[Optional[bool], tuple[str, ...], tuple[str, ...]]:
+    """(reproducible, the first differences between two perturbed builds, the first differences between
+    the layout to publish and the first of them); (None, (), ()) without verification."""
     if not opts.verify:
-        return None, ()
+        return None, (), ()
     req = VerifyRequest(ctx.project.root, ctx.name, ctx.lock_path, arches=ctx.arches, mirror=ctx.source.mirror,
                         keys=ctx.source.keys, family=ctx.family.name, allow_writer_drift=opts.allow_writer_drift)
     work = opts.out / f".verify-{ctx.name}-{ctx.family.name}"
     res = verify(req, work)
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        # the first build started from empty caches: what would be published must be byte for byte its output
+        unlike = against(rb.layout, list(rb.refs), res.layouts[0])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if res.differences:
         # the published build must be one that reproduces
         log.info(f"{ctx.name}: NOT reproducible; publishing nothing")
-    return not res.differences, tuple(d.human() for d in res.differences[:50])
+    if unlike:
+        log.warn(f"{ctx.name}: the layout to publish differs from an independent build without caches "
+                 f"(a poisoned cache?); publishing nothing")
+    return not res.differences, tuple(d.human() for d in res.differences[:50]), tuple(d.human() for d in unlike[:50])
 
 
 def _push(layout: Layout, registry: Registry, ns: str, repo: str, t: PushTarget, current: Optional[str],
@@ -260,9 +271,9 @@ def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
     log.info(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
 
     rb = build_release(ctx, lock, opts.out, ImageOptions(allow_writer_drift=opts.allow_writer_drift), log)
-    reproducible, differences = _verify(ctx, opts, log)
+    reproducible, differences, unlike = _verify(ctx, opts, rb, log)
     registry, ns = (Registry.for_destination(opts.to, insecure=opts.insecure, auth=opts.auth)
-                    if opts.to and reproducible is not False else (None, None))
+                    if opts.to and reproducible is not False and not unlike else (None, None))
     images = _publish(rb, registry, ns, opts.signing)
     if registry:
         write_lock(published_lock_path, lock)
@@ -272,7 +283,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
         stale_catalogues=tuple(stale), changed_since_last_publish=tuple(changes), reproducible=reproducible,
         differences=differences, images=images, published=any(i.action == "published" for i in images),
         signed=bool(registry and opts.signing), push=registry.stats if registry else None,
-        writer_drift=rb.writer_drift)
+        writer_drift=rb.writer_drift, unlike_independent=unlike)
 
 
 # --- the Markdown report ------------------------------------------------------------------------------------
@@ -323,6 +334,9 @@ def _release_markdown(r: ReleaseReport) -> list[str]:
     lines += _images_markdown(r)
     if r.differences:
         lines += ["Differences between the two verification builds:", "", "```"] + list(r.differences) + ["```", ""]
+    if r.unlike_independent:
+        lines += ["**Not published: the layout differs from an independent build without caches:**", "", "```"]
+        lines += list(r.unlike_independent) + ["```", ""]
     return lines
 
 

@@ -20,7 +20,8 @@ from typing import Optional
 
 from builder.common.log import Log
 from builder.errors import BuildError
-from builder.prove.diff import Difference, diff
+from builder.oci.layout import Layout
+from builder.prove.diff import Difference, Source, diff, diff_sources
 from builder.runs.context import Context, RunOptions
 from builder.runs.images import ImageOptions, build_release
 
@@ -97,6 +98,23 @@ def verify(req: VerifyRequest, work: Optional[Path] = None) -> VerifyResult:
             raise BuildError(f"verify: build {i + 1} of 2 failed:\n{r.stderr}")
         layouts.append(out / release)
     return VerifyResult((layouts[0], layouts[1]), diff(str(layouts[0]), str(layouts[1])))
+
+
+def against(published: Path, refs: list[str], independent: Path) -> list[Difference]:
+    """Where the layout about to be published differs, ref by ref, from an independent build of the same inputs.
+
+    The defence that holds when a cache is poisoned in a way no local check sees: verify's first
+    build starts from empty caches, so whatever the published build took from a cache, it must
+    have the bytes this one made without."""
+    mine, theirs = Layout(published), Layout(independent)
+    have = theirs.refs()
+    out: list[Difference] = []
+    for ref in sorted(refs):
+        if ref not in have:
+            out.append(Difference(ref, "ref", field="not built by the independent build"))
+        elif mine.refs()[ref].digest != have[ref].digest:
+            out += diff_sources(Source(str(published), mine, ref), Source(str(independent), theirs, ref))
+    return out
 
 
 if __name__ == "__main__":
