@@ -134,6 +134,9 @@ _ROWS = (
            default_help="a temporary directory, removed"),
     Option(("--from",), "a published image (DIR:NAME:TAG or docker://HOST/REPO:TAG): mirror exactly the packages its "
            "build recipes lock, from the release's repositories or --mirror", metavar="REF", key="from-image"),
+    Option(("--against",), "also compare the first build (made without caches) with the layouts under this "
+           "output root (OUT/<release>/, as build --out wrote them): exit 2 naming every difference",
+           type=Path, metavar="OUT"),
     Option(("--work",), "keep both builds here", type=Path, default_help="a temporary directory, removed"),
     # registries and signatures
     Option(("--to",), "registry and namespace to publish to, e.g. ghcr.io/freebsd or 127.0.0.1:5000/freebsd "
@@ -238,10 +241,20 @@ def _context(args, release: Optional[str] = None):
 
 # --- project ------------------------------------------------------------------------------
 
-@command("check", "validate families.yaml, families/*.yaml and every release file")
+@command("check", "validate families.yaml, families/*.yaml and every release file; with --release, resolve "
+                  "every flavour's packages against that release's catalogues too",
+         options=("release",) + RELEASE_OPTIONS)
 def cmd_check(args) -> int:
     project = _project(args)
     fams = "; ".join(f"{f.name}: {', '.join(f.names)}" for f in project.families.values())
+    if args.release:
+        from builder.resolve.lock import fetch_catalogues, make_lock
+        ctx = _context(args)
+        lock = make_lock(ctx.source.release, ctx.family, fetch_catalogues(ctx.source.transport, ctx.source.release,
+                                                                           list(ctx.arches)), args.log.warn)
+        n = sum(len(a.packages) for a in lock.arches.values())
+        print(f"ok: family {ctx.family.name} resolves for {ctx.name} ({', '.join(ctx.arches)}): {n} packages")
+        return 0
     print(f"ok: {len(project.families)} families ({fams}), "
           f"{len(project.releases)} releases ({', '.join(project.releases)})")
     return 0
@@ -516,10 +529,10 @@ def cmd_diff(args) -> int:
 
 
 @command("verify", "build twice under perturbation (TZ, umask, locale, hash seed, cache, parallelism) and diff",
-         options=SELECT_OPTIONS + ("work",), positionals=(IMAGES,))
+         options=SELECT_OPTIONS + ("work", "against"), positionals=(IMAGES,))
 def cmd_verify(args) -> int:
     from builder.oci.layout import Layout
-    from builder.runs.verify import VerifyRequest, verify
+    from builder.runs.verify import VerifyRequest, against, verify
     status = 0
     for rel, flavours in _selected(args).items():
         ctx = _context(args, rel)
@@ -528,6 +541,16 @@ def cmd_verify(args) -> int:
                             ctx.source.mirror, ctx.source.keys, args.zstd, args.squash, ctx.family.name,
                             args.allow_writer_drift)
         res = verify(req, args.work and args.work / rel)
+        if args.against:
+            theirs = Layout(res.layouts[0]).refs()
+            unlike = against(args.against / rel, [r for r in Layout(args.against / rel).refs() if r in theirs],
+                             res.layouts[0])
+            if unlike:
+                print(f"{rel}: {args.against / rel} differs from an independent build without caches:")
+                for d in unlike:
+                    print(d.human())
+                raise BuildError(f"{rel}: {args.against / rel} is not what its inputs build: {len(unlike)} differences")
+            print(f"{rel}: {args.against / rel} matches an independent build without caches")
         if res.differences:
             status = 1
             print(f"{rel}: NOT reproducible: {len(res.differences)} differences between {res.layouts[0]} and {res.layouts[1]}")
@@ -578,7 +601,12 @@ def cmd_nightly(args) -> int:
               + ", ".join(f"{n} {a}" for a, n in sorted(acts.items()))
               + f"; {len(r.changed_since_last_publish)} package changes")
     print(f"report: {opts.report_dir / 'report.md'}")
-    return 1 if any(r.reproducible is False for r in report.releases) else 0
+    unlike = [r for r in report.releases if r.unlike_independent]
+    for r in unlike:
+        print(f"{r.release}: nothing published: the layout to publish differs from an independent build without "
+              "caches (a poisoned cache?):")
+        print("\n".join(r.unlike_independent))
+    return 2 if unlike else 1 if any(r.reproducible is False for r in report.releases) else 0
 
 
 @command("ci", "CI helpers: `ci render` writes the GitHub Actions nightly workflow (ci/github-nightly.yml)",
@@ -617,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shown(path: str) -> str:
+    """A path as the user would type it: relative to the working directory when it lies below it."""
+    rel = os.path.relpath(path) if os.path.isabs(path) else path
+    return path if rel.startswith("..") else rel
+
+
 def _causes(exc: BaseException) -> list[str]:
     out, seen = [], set()
     cause = exc.__cause__ or exc.__context__
@@ -634,7 +668,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         for d in exc.diagnostics:
-            print(f"error: {d}", file=sys.stderr)
+            # FILE:LINE:COL first, as compilers print it: editors and terminals jump to it
+            print(f"{_shown(d.file)}:{d.line}:{d.column}: error: {d.message}", file=sys.stderr)
         return EXIT_REFUSED
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -171,7 +171,7 @@ def test_yaml_alias_bomb_refused_with_location(project_copy, where):
     res = bounded.run("tests.bounded:cli", "--project", str(project_copy), "check")
     assert time.monotonic() - start < 5
     assert res.get("ok", {}).get("code") == 2, res
-    assert res["ok"]["stderr"] == (f"error: {path}:{lines + 2}:11: YAML aliases (*a) are not allowed in project "
+    assert res["ok"]["stderr"] == (f"{path}:{lines + 2}:11: error: YAML aliases (*a) are not allowed in project "
                                    "files; write the value out\n")
 
 

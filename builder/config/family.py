@@ -153,6 +153,18 @@ class Family:
     name: str = DEFAULT_FAMILY
     description: str = ""
     image: Optional[FamilyImage] = None
+    # where each value stands in the family file: a mistake found only when resolving is reported there
+    positions: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def package_diagnostic(self, flavour: str, package: str, message: str) -> Diagnostic:
+        """``message`` at the line of the flavour chain's entry that lists ``package`` (the nearest first)."""
+        for link in reversed(self.chain(flavour)):
+            for i, ref in enumerate(self.flavours[link].packages):
+                if ref.name == package:
+                    line, col = self.positions.get(("flavours", link, "packages", i), (1, 1))
+                    return Diagnostic(self.source, line, col, message)
+        line, col = self.positions.get(("flavours", flavour), (1, 1))
+        return Diagnostic(self.source, line, col, message)
 
     def for_release(self, major: int) -> "Family":
         """The flavours a release line of this major builds: those whose whole chain applies to it."""
@@ -411,7 +423,8 @@ def parse_family(doc: Located, base_dir: Path, family_name: str = DEFAULT_FAMILY
                             tags_moving=tuple(tags["moving"]) if "moving" in tags else None,
                             archive_ref=img.get("archive-ref"))
     return Family(source=doc.file, flavours=flavours, defaults=_config(doc.data.get("defaults")), base_dir=base_dir,
-                  name=family_name, description=(doc.data.get("description") or "").strip(), image=image)
+                  name=family_name, description=(doc.data.get("description") or "").strip(), image=image,
+                  positions=dict(doc.values))
 
 
 def load_family(path: Path, name: str = DEFAULT_FAMILY, base_dir: Optional[Path] = None) -> Family:

@@ -1,6 +1,8 @@
 """Targets: every (release, flavour, arch) with its resolved package set."""
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -40,7 +42,16 @@ def flavour_packages(release: Release, refs: tuple[PackageRef, ...]) -> list[Pac
 def targets(project: Project, releases: list[str] | None = None, flavours: list[str] | None = None,
             arches: list[str] | None = None, family: Optional[str] = None) -> list[Target]:
     out = []
-    project.get_family(family)
+    fam_all = project.get_family(family)
+    # a filter that matches nothing is a mistake, refused as build refuses it, not an empty table
+    for what, given, known in (("release", releases, list(project.releases)), ("flavour", flavours, fam_all.names),
+                               ("arch", arches, sorted({x for r in project.releases.values() for a in r.arches
+                                                        for x in (a.name, a.platform)}))):
+        for g in given or ():
+            if g not in known:
+                hint = difflib.get_close_matches(g, known, n=1)
+                raise BuildError(f"unknown {what} {g!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f" ({what}s: {', '.join(known)})")
     for rname in project.releases:
         if releases and rname not in releases:
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -90,26 +90,40 @@ def load_project(root: Optional[Path] = None, only_release: Optional[str] = None
 
 
 def _cross_check(root: Path, family: Family, releases: dict[str, Release]) -> list[Diagnostic]:
+    """What a family asks of the release files and the project, each problem at the family's own line."""
     out: list[Diagnostic] = []
+
+    def at(path: tuple, message: str) -> Diagnostic:
+        line, col = family.positions.get(path, family.positions.get(path[:2], (1, 1)))
+        return Diagnostic(family.source, line, col, message)
+
+    def lacking(fl, key: str) -> list[str]:
+        return [r.name for r in releases.values() if not (fl.majors and r.major not in fl.majors)
+                and key not in {x.key for x in r.repositories}]
+
     for fl in family.flavours.values():
-        for key in fl.trust:
-            for rel in releases.values():
-                repo = next((r for r in rel.repositories if r.key == key), None)
-                if (fl.majors and rel.major not in fl.majors):
-                    continue
-                if repo is None:
-                    out.append(Diagnostic(family.source, 1, 1, f"flavour {fl.name} trusts repository {key!r}, "
-                                                               f"which release {rel.name} does not define"))
-        for f in fl.files:
+        for i, key in enumerate(fl.trust):
+            if lacking(fl, key):
+                out.append(at(("flavours", fl.name, "trust", i), f"flavour {fl.name} trusts repository {key!r}, "
+                              f"which releases {', '.join(lacking(fl, key))} do not define"))
+        for i, f in enumerate(fl.files):
             if f.template:
-                try:
-                    confined(family.base_dir, f.template, f"flavour {fl.name}")
-                except BuildError as exc:
-                    out.append(Diagnostic(family.source, 1, 1, str(exc)))
-        for p in fl.packages:
-            for rel in releases.values():
-                if p.repository and p.repository not in {r.key for r in rel.repositories}:
-                    out.append(Diagnostic(rel.source, 1, 1,
-                                          f"flavour {fl.name} wants package {p.name} from repository "
-                                          f"{p.repository!r}, which release {rel.name} does not define"))
+                out += _template_problem(family, fl.name, f.template, at(("flavours", fl.name, "files", i, "template"), ""))
+        for i, p in enumerate(fl.packages):
+            if p.repository and lacking(fl, p.repository):
+                keys = sorted({x.key for r in releases.values() for x in r.repositories})
+                out.append(at(("flavours", fl.name, "packages", i, "repository"),
+                              f"flavour {fl.name} wants package {p.name} from repository {p.repository!r}, which "
+                              f"releases {', '.join(lacking(fl, p.repository))} do not define (repositories: "
+                              f"{', '.join(keys)})"))
     return out
+
+
+def _template_problem(family: Family, flavour: str, template: str, where: Diagnostic) -> list[Diagnostic]:
+    try:
+        confined(family.base_dir, template, f"flavour {flavour}")
+        return []
+    except BuildError as exc:
+        near = difflib.get_close_matches(template, [p.relative_to(family.base_dir).as_posix()
+                                                    for p in Path(family.base_dir).glob("templates/**/*.j2")], n=1)
+        return [replace(where, message=str(exc) + (f"; did you mean {near[0]}?" if near else ""))]

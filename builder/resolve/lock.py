@@ -17,13 +17,13 @@ from typing import Optional
 from builder.common.atomic import write_if_changed
 from builder.config.family import Family, PackageRef
 from builder.config.release import Release
-from builder.errors import BuildError
+from builder.errors import BuildError, ConfigError
 from builder.config.plan import flavour_packages
 from builder.resolve.catalogue import Catalogue
 from builder.resolve.client import fetch_catalogue
 from builder.common.http import Transport
 from builder.resolve.version import compare
-from builder.resolve.resolver import resolve
+from builder.resolve.resolver import PackageProblem, resolve
 
 LOCK_VERSION = 1
 
@@ -136,7 +136,7 @@ def make_lock(release: Release, family: Family, catalogues: dict[str, list[Catal
         flavours = {}
         for fname in family.names:
             fl = family.resolve(fname)
-            res = resolve(cats, flavour_packages(release, fl.packages), abi)
+            res = _resolve_located(release, family, fname, cats, abi, arch)
             for w in res.warnings:
                 warn(f"{release.name}/{arch}/{fname}: {w}")
             for p in res.packages:
@@ -151,6 +151,19 @@ def make_lock(release: Release, family: Family, catalogues: dict[str, list[Catal
                                 packages=packages, flavours=flavours, built={c.repository: c.built for c in cats})
     epoch = max((c.built for cats in catalogues.values() for c in cats), default=0)
     return Lock(release=release.name, source_date_epoch=epoch, arches=arches)
+
+
+def _resolve_located(release: Release, family: Family, fname: str, cats: list[Catalogue], abi: str, arch: str):
+    """The flavour's packages resolved; a package the catalogues cannot give is reported where the family
+    names it (file:line:col), with the flavour, release and arch."""
+    fl = family.resolve(fname)
+    try:
+        return resolve(cats, flavour_packages(release, fl.packages), abi)
+    except PackageProblem as exc:
+        named = next((r.name for r in fl.packages if exc.name in release.map_packages([r.name])), exc.name)
+        mapped = f" (the release's package-map makes {named} {exc.name})" if named != exc.name else ""
+        raise ConfigError([family.package_diagnostic(
+            fname, named, f"flavour {fname}, release {release.name}, {arch}: {exc}{mapped}")]) from exc
 
 
 def check_lock(lock: Lock, catalogues: dict[str, list[Catalogue]]) -> None:

@@ -35,6 +35,14 @@ def _abi_ok(pkg_abi: str, abi: str) -> bool:
     return len(have) == 3 and all(h in (w, "*") for h, w in zip(have, want))
 
 
+class PackageProblem(BuildError):
+    """A package a flavour names that the catalogues cannot give: the caller knows where it was named."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
 def resolve(catalogues: list[Catalogue], refs: list[PackageRef], abi: str) -> Resolution:
     """Close refs over their dependencies; catalogues are in priority order."""
     by_repo = {c.repository: c for c in catalogues}
@@ -43,7 +51,8 @@ def resolve(catalogues: list[Catalogue], refs: list[PackageRef], abi: str) -> Re
     def find(name: str, repo: str | None, chain: list[str]) -> RemotePackage:
         sources = [by_repo[repo]] if repo else catalogues
         if repo and repo not in by_repo:
-            raise BuildError(f"package {name}: no repository {repo!r} in this release")
+            raise PackageProblem(name, f"package {name}: no repository {repo!r} in this release (repositories: "
+                                       + ", ".join(sorted(by_repo)) + ")")
         for cat in sources:
             if name in cat.packages:
                 pkg = cat.packages[name]
@@ -54,7 +63,8 @@ def resolve(catalogues: list[Catalogue], refs: list[PackageRef], abi: str) -> Re
             raise BuildError(f"missing dependency {name}, needed by " + " <- ".join(reversed(chain)))
         hint = difflib.get_close_matches(name, all_names, n=3)
         where = f"repository {repo}" if repo else "any repository (" + ", ".join(c.repository for c in catalogues) + ")"
-        raise BuildError(f"unknown package {name} in {where}" + (f"; did you mean {', '.join(hint)}?" if hint else ""))
+        raise PackageProblem(name, f"unknown package {name} in {where}"
+                             + (f"; did you mean {', '.join(hint)}?" if hint else ""))
 
     chosen: dict[str, RemotePackage] = {}
     requested = {r.name for r in refs}
