@@ -89,6 +89,10 @@ def test_downloaded_artifacts_are_uploaded_by_needed_jobs(wf, project, vars):
     assert needs(wf, "publish") == {"build", "compare", "reproduce", "lock"}
 
 
+# jobs whose steps call no CLI of ours: from-source builds the writers and runs tests/test_from_source.py
+NO_CLI = {"from-source"}
+
+
 @pytest.mark.parametrize("vars,secrets", [(VARS_UNSET, {}), (VARS_SET, SECRETS_SET)], ids=["vars-unset", "vars-set"])
 def test_run_steps_call_the_real_cli(wf, project, vars, secrets):
     problems, calls = check_cli_calls(wf, build_parser, project.releases, vars, secrets, GITHUB)
@@ -98,11 +102,23 @@ def test_run_steps_call_the_real_cli(wf, project, vars, secrets):
         by_job.setdefault(job, set()).add(argv[0])
     assert by_job == {"lock": {"lock"}, "build": {"build", "verify"}, "reproduce": {"build"},
                       "compare": {"diff"}, "publish": {"assemble", "publish"}}
-    n_cells = sum(len(expand_matrix(j)) for j in wf["jobs"].values())
+    n_cells = sum(len(expand_matrix(j)) for jid, j in wf["jobs"].items() if jid not in NO_CLI)
     two_calls = len(expand_matrix(wf["jobs"]["build"])) + len(expand_matrix(wf["jobs"]["publish"]))
     assert len(calls) == n_cells + two_calls  # every cell calls the CLI; build and publish cells twice
     lock_calls = [argv for job, _, argv in calls if job == "lock"]
     assert sorted(lock_calls) == sorted(["lock", r, "--lock-dir", "locks"] for r in project.releases)
+
+
+def test_from_source_job_runs_the_from_source_test(wf):
+    """The stand-in cannot run it (it compiles for minutes and fetches from sqlite.org); .ci/run runs the same test."""
+    job = wf["jobs"]["from-source"]
+    oses = [c["os"] for c in expand_matrix(job)]
+    assert any(o.startswith("ubuntu-") for o in oses) and any(o.startswith("macos-") for o in oses)
+    runs = [s for s in job["steps"] if "run" in s]
+    assert [s["run"] for s in runs][-1] == "python -m pytest tests/test_from_source.py -m slow"
+    assert runs[-2]["run"] == 'python -m tests.from_source fetch-sqlite "$RUNNER_TEMP/sources"'
+    assert runs[-1]["env"] == {"FREEBSD_IMAGES_SOURCES": "${{ runner.temp }}/sources"}
+    assert "from-source" not in needs(wf, "publish")   # a nightly check, not a gate on publishing
 
 
 BROKEN = """
