@@ -3,6 +3,7 @@ and never trusts an entry whose blob is not exactly there."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,9 @@ def _layers(stderr: str, word: str) -> set[str]:
     """(arch, flavour) pairs the build says it reused or built."""
     out = set()
     for line in stderr.splitlines():
-        if " layer sha256:" in line and line.rstrip().endswith(word):
+        line = re.sub(r"^\[ *[0-9.]+s\] ", "", line)      # the time stamp of a log that is not a terminal
+        said = re.sub(r" \([^)]*\)$", "", line.rstrip())    # "built (1.2 MB, 0.3 s)"
+        if " layer sha256:" in line and said.endswith(word):
             arch = line.split(":", 1)[0].split("/")[1]
             out.add((arch, line.split(": ", 1)[1].split(" ")[0]))
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,6 +39,8 @@ MAX_KEY_FILE = 64 << 10
 
 # BlobSink(write) runs write(fh) into a new blob and returns its LayerInfo.
 BlobSink = Callable[[Callable], LayerInfo]
+# progress(flavour, its result or None when it starts, seconds it took)
+Progress = Callable[[str, Optional["FlavourResult"], float], None]
 
 
 @dataclass
@@ -447,12 +450,13 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
                opts: LayerOptions, sink: BlobSink, flavours: Optional[list[str]] = None,
                repo_names: Optional[dict[str, str]] = None, warn: Callable[[str], None] = lambda m: None,
                cache: Optional[LayerCache] = None, scans_cache: Optional[ScanCache] = None,
-               workers: Optional[compress.Workers] = None) -> dict[str, FlavourResult]:
+               workers: Optional[compress.Workers] = None, progress: Progress = lambda *a: None) -> dict[str, FlavourResult]:
     """Every flavour (or those named, with their ancestors) for one arch.
 
     ``release`` must be the release as declared (not re-rooted on a mirror): its URLs are written
     into the image. ``packages`` may be a function that fetches the named packages (PackageSource).
-    ``workers`` compress the layers' blocks (speed only, never the bytes).
+    ``workers`` compress the layers' blocks (speed only, never the bytes). ``progress(flavour, result,
+    seconds)`` is told when a flavour starts (result None) and as soon as its layer is done.
     """
     job = ArchJob(family=family, release=release, arch=arch, lock=lock, opts=opts, sink=sink,
                   repo_names=repo_names or {r.key: r.name for r in release.repositories},
@@ -464,11 +468,14 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
     results: dict[str, FlavourResult] = {}
     for step in steps:
         parent = results[step.parent] if step.parent else None
+        start = time.monotonic()
+        progress(step.flavour, None, 0.0)
         if step.assemble:
             results[step.flavour] = build_flavour(job, step, source, parent, rendered[step.flavour],
                                                   hits.get(step.flavour))
         else:
             results[step.flavour] = reuse(job, step.flavour, hits[step.flavour], loaded.get(step.flavour), parent)
+        progress(step.flavour, results[step.flavour], time.monotonic() - start)
     return results
 
 

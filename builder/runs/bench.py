@@ -230,7 +230,7 @@ def _baselines(layout: Layout, release: str, work: Path) -> Baselines:
 
 def _rows(rounds: list[Round], base: Baselines, release: str) -> list[dict]:
     layout, raw, z6, official = base.layout, base.raw, base.z6, base.official
-    built = [l for l in rounds[-1].bump.stderr.splitlines() if l.endswith(" built")]
+    built = [l for l in rounds[-1].bump.stderr.splitlines() if " layer sha256:" in l and " built (" in l]
     bump_own = sorted({m["layers"][-1]["digest"] for (f, a), m in
                        _manifests(layout, release, ["amd64", "arm64"]).items() if f == "small"})
     bump_mb = _layer_bytes(layout, bump_own) / 1e6

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -168,19 +169,29 @@ def build_layers(run: _Run) -> dict[str, dict[str, FlavourResult]]:
     def one(arch: str):
         if arch not in lock.arches:
             raise BuildError(f"{ctx.name}: arch {arch} is not in the lock file {ctx.lock_path}")
-        res = build_arch(ctx.family, ctx.target.release, arch, lock.arches[arch], _fetcher(ctx, lock, arch, run.log, run.opts.check_catalogues),
-                         layer_opts, lambda write: layout.put_stream(write)[0], list(run.opts.flavours),
-                         warn=run.log.warn, cache=cache, scans_cache=scans, workers=compressors)
-        for fname, r in res.items():
-            run.log.info(f"{ctx.name}/{arch}: {fname} layer {r.layers[-1].digest[:19]} "
-                         f"{'reused from the layer cache' if r.reused else 'built'}")
+        def progress(fname: str, r: Optional[FlavourResult], seconds: float) -> None:
+            # each layer's line as soon as it is done: a large image is minutes of silence otherwise
+            if r is None:
+                run.log.status(f"{ctx.name}/{arch}: building {fname} ...")
+            else:
+                run.log.info(f"{ctx.name}/{arch}: {fname} layer {r.layers[-1].digest[:19]} "
+                             + ("reused from the layer cache" if r.reused else
+                                f"built ({human_size(r.layers[-1].size)}, {seconds:.1f} s)"))
+
+        res = build_arch(ctx.family, ctx.target.release, arch, lock.arches[arch],
+                         _fetcher(ctx, lock, arch, run.log, run.opts.check_catalogues), layer_opts,
+                         lambda write: layout.put_stream(write)[0], list(run.opts.flavours), warn=run.log.warn,
+                         cache=cache, scans_cache=scans, workers=compressors, progress=progress)
         return arch, res
 
-    with compress.Workers(run.opts.workers) if run.opts.workers > 0 else contextlib.nullcontext() as compressors:
-        if run.opts.jobs <= 1:
-            return dict(map(one, ctx.arches))
-        with ThreadPoolExecutor(max_workers=run.opts.jobs) as pool:
-            return dict(pool.map(one, ctx.arches))
+    try:
+        with compress.Workers(run.opts.workers) if run.opts.workers > 0 else contextlib.nullcontext() as compressors:
+            if run.opts.jobs <= 1:
+                return dict(map(one, ctx.arches))
+            with ThreadPoolExecutor(max_workers=run.opts.jobs) as pool:
+                return dict(pool.map(one, ctx.arches))
+    finally:
+        run.log.done()
 
 
 def _fetcher(ctx: Context, lock: Lock, arch: str, log: Log, check_catalogues: bool = True):
@@ -194,8 +205,12 @@ def _fetcher(ctx: Context, lock: Lock, arch: str, log: Log, check_catalogues: bo
         if not checked:
             check_lock(lock, fetch_catalogues(ctx.source.transport, ctx.source.release, [arch]))
             checked.append(arch)
+        log.status(f"{ctx.name}/{arch}: fetching {len(names)} packages ...")
+        start = time.monotonic()
         paths = ctx.fetch_locked(lock, arch, names)
-        log.info(f"{ctx.name}/{arch}: {len(paths)} packages ready")
+        size, took = sum(lock.arches[arch].packages[n].size for n in paths), time.monotonic() - start
+        log.info(f"{ctx.name}/{arch}: {len(paths)} packages ready ({human_size(size)} checked in {took:.1f} s, "
+                 f"{human_size(int(size / max(took, 1e-3)))}/s)")
         return paths
     return packages
 
