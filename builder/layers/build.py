@@ -79,7 +79,9 @@ class ArchJob:
     workers: Optional[compress.Workers] = None
 
     def where(self, fname: str) -> str:
-        return f"{self.release.name}/{self.arch} image {self.release.render_name(fname)} (flavour {fname})"
+        # the platform as the image's refs name it (arm64), not FreeBSD's arch (aarch64)
+        return (f"{self.release.name}/{self.release.arch(self.arch).platform} image {self.release.render_name(fname)} "
+                f"(flavour {fname})")
 
 
 # --- the pieces a flavour's filesystem is assembled from ---------------------------------------
@@ -461,7 +463,8 @@ def build_arch(family: Family, release: Release, arch: str, lock: ArchLock, pack
     job = ArchJob(family=family, release=release, arch=arch, lock=lock, opts=opts, sink=sink,
                   repo_names=repo_names or {r.key: r.name for r in release.repositories},
                   version=image_version(release, lock), warn=warn, cache=cache, workers=workers)
-    source = PackageSource(f"{release.name}/{arch}", arch, opts.epoch, lock, packages, scans_cache)
+    source = PackageSource(f"{release.name}/{release.arch(arch).platform}", arch, opts.epoch, lock, packages,
+                           scans_cache)
     steps, hits, loaded, rendered = plan_arch(job, wanted_flavours(family, flavours))
     # The packages of the layers to write, fetched together (in parallel) rather than one by one.
     source.fetch([n for s in steps if s.write for n in lock.flavours[s.flavour].packages if source.available(n)])

@@ -169,12 +169,15 @@ def build_layers(run: _Run) -> dict[str, dict[str, FlavourResult]]:
     def one(arch: str):
         if arch not in lock.arches:
             raise BuildError(f"{ctx.name}: arch {arch} is not in the lock file {ctx.lock_path}")
+        # what a user reads says the platform as the image's refs and tables do (arm64, not aarch64)
+        label = f"{ctx.name}/{ctx.target.release.arch(arch).platform}"
+
         def progress(fname: str, r: Optional[FlavourResult], seconds: float) -> None:
             # each layer's line as soon as it is done: a large image is minutes of silence otherwise
             if r is None:
-                run.log.status(f"{ctx.name}/{arch}: building {fname} ...")
+                run.log.status(f"{label}: building {fname} ...")
             else:
-                run.log.info(f"{ctx.name}/{arch}: {fname} layer {r.layers[-1].digest[:19]} "
+                run.log.info(f"{label}: {fname} layer {r.layers[-1].digest[:19]} "
                              + ("reused from the layer cache" if r.reused else
                                 f"built ({human_size(r.layers[-1].size)}, {seconds:.1f} s)"))
 
@@ -199,17 +202,18 @@ def _fetcher(ctx: Context, lock: Lock, arch: str, log: Log, check_catalogues: bo
     locked sums; first the lock against the catalogues, unless the packages are wanted by sum alone (a
     reproduction of a published image, whose packages the catalogues may have dropped since)."""
     checked = [] if check_catalogues else [arch]
+    label = f"{ctx.name}/{ctx.target.release.arch(arch).platform}"
 
     def packages(names: list[str]) -> dict:
         # the catalogues are read only now, when something has to be downloaded
         if not checked:
             check_lock(lock, fetch_catalogues(ctx.source.transport, ctx.source.release, [arch]))
             checked.append(arch)
-        log.status(f"{ctx.name}/{arch}: fetching {len(names)} packages ...")
+        log.status(f"{label}: fetching {len(names)} packages ...")
         start = time.monotonic()
         paths = ctx.fetch_locked(lock, arch, names)
         size, took = sum(lock.arches[arch].packages[n].size for n in paths), time.monotonic() - start
-        log.info(f"{ctx.name}/{arch}: {len(paths)} packages ready ({human_size(size)} checked in {took:.1f} s, "
+        log.info(f"{label}: {len(paths)} packages ready ({human_size(size)} checked in {took:.1f} s, "
                  f"{human_size(int(size / max(took, 1e-3)))}/s)")
         return paths
     return packages
