@@ -134,3 +134,24 @@ def test_an_image_published_to_a_registry_is_reproduced_from_there(published, de
     rc = main(["reproduce", f"docker://{registry.host}/repro/{IMAGE}:{RELEASE}", "--insecure",
                "--mirror", f"file://{demo_mirror}"])
     assert rc == 0, capsys.readouterr()
+
+
+def test_changing_one_flavour_changes_only_its_chain_s_provenance_and_recipe(demo_mirror, tmp_path):
+    """An image's provenance and recipe carry the flavours it is made of, not the whole family file."""
+    project = demo_project(tmp_path)
+
+    def build(out: str) -> dict:
+        assert main(["--project", str(project), "-q", "build", "--release", RELEASE, "--all", "--arch", "amd64",
+                     "--out", str(tmp_path / out), "--mirror", f"file://{demo_mirror}", "--keys",
+                     str(demo_mirror / "keys"), "--lock-dir", str(tmp_path / "locks")]) == 0
+        layout = Layout(tmp_path / out / RELEASE)
+        refs = {n: d.digest for n, d in layout.refs().items() if n.endswith("-amd64")}
+        return {n.split(":")[0]: sorted(r.digest for r in layout.referrers()[d]) for n, d in refs.items()}
+
+    before = build("a")
+    families = project / "families.yaml"
+    text = families.read_text()
+    families.write_text(text.replace("      - FreeBSD-utilities\n",
+                                     "      - FreeBSD-utilities\n    files: [{path: /etc/motd.template, content: x}]\n"))
+    after = build("b")
+    assert [n for n in before if before[n] != after[n]] == [f"freebsd{RELEASE}-small"]

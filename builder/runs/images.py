@@ -33,7 +33,7 @@ from builder.oci.recipe import RECIPE_MT
 from builder.oci.release import BuiltImage, ReleaseBuild
 from builder.resolve.lock import Lock, check_lock, fetch_catalogues
 from builder.runs.context import Context
-from builder.runs.recipe import make_recipe, project_files
+from builder.runs.recipe import chain_file, make_recipe
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,6 @@ def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
     """Step 3: each platform manifest's SBOM, provenance and build recipe, attached as unnamed referrers."""
     ctx, lock, declared = run.ctx, run.lock, run.ctx.target.release
     inputs = _input_digests(ctx, lock)
-    files = project_files(ctx)
     commit = git_commit(ctx.project.root) or "unknown"
     out = []
     for img in images:
@@ -274,11 +273,12 @@ def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
                           label_url or attest.NAMESPACE_BASE)
         params = {"release": ctx.name, "arch": img.arch, "flavour": img.flavour, "image": img.name,
                   "compression": run.opts.compression, "squash": run.opts.squash}
-        recipe = canonical(make_recipe(ctx, files, lock, img.arch, img.flavour, run.epoch, run.opts.compression,
+        recipe = canonical(make_recipe(ctx, lock, img.arch, img.flavour, run.epoch, run.opts.compression,
                                        run.opts.squash).to_json())
         made_from = [{"name": "recipe", "mediaType": RECIPE_MT,
                       "digest": {"sha256": Layout.digest_of(recipe).split(":", 1)[1]}}]
-        statement = attest.provenance(subject, params, inputs + _catalogues(declared, lock, img.arch) + made_from,
+        statement = attest.provenance(subject, params, [_family_digest(ctx, img.flavour)] + inputs
+                                      + _catalogues(declared, lock, img.arch) + made_from,
                                       run.epoch, commit, run.build_env)
         refs = (attest.attach(run.layout, img.manifest, attest.SPDX_MT, attest.SPDX_MT, canonical(doc), run.epoch),
                 attest.attach(run.layout, img.manifest, attest.INTOTO_MT, attest.INTOTO_MT, canonical(statement),
@@ -319,17 +319,26 @@ def write_indexes(run: _Run, images: list[BuiltImage], metas: dict[str, oci.Imag
     return indexes, refs
 
 
-def _input_digests(ctx: Context, lock: Lock) -> list[dict]:
-    """families.yaml, the release file and the lock, by digest: what a build is a function of."""
-    root = Path(ctx.project.root)
-    release_file = Path(ctx.target.release.source)
+def _project_name(ctx: Context, path: Path) -> str:
     try:
-        release_name = str(release_file.resolve().relative_to(root.resolve()))
+        return str(Path(path).resolve().relative_to(Path(ctx.project.root).resolve()))
     except ValueError:
-        release_name = release_file.name
+        return Path(path).name
+
+
+def _family_digest(ctx: Context, flavour: str) -> dict:
+    """The family file cut to the image's flavour chain, by digest (the recipe carries it): an image's
+    provenance changes with the flavours it is made of, not with every flavour of the family."""
+    data = chain_file(ctx.family, ctx.family.chain(flavour))
+    return {"name": f"{_project_name(ctx, Path(ctx.family.source))}#{flavour}",
+            "digest": {"sha256": hashlib.sha256(data).hexdigest()}}
+
+
+def _input_digests(ctx: Context, lock: Lock) -> list[dict]:
+    """The release file and the lock, by digest: with the family's flavours, what a build is a function of."""
+    release_file = Path(ctx.target.release.source)
     return [
-        {"name": "families.yaml", "digest": {"sha256": file_digest(root / "families.yaml")}},
-        {"name": release_name, "digest": {"sha256": file_digest(release_file)}},
+        {"name": _project_name(ctx, release_file), "digest": {"sha256": file_digest(release_file)}},
         # the lock as it is written (write_lock), so that a lock file on disk compares by digest
         {"name": f"{lock.release}.lock.json", "digest": {"sha256": hashlib.sha256(lock.dumps()).hexdigest()}},
     ]

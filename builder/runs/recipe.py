@@ -6,51 +6,80 @@ gives the image the recipe was attached to.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import yaml
 
 from builder import FORMAT_VERSION, __version__
 from builder.common.atomic import atomic_write_bytes
 from builder.config.family import DEFAULT_FAMILY, Family
 from builder.errors import BuildError
+from builder.layers.plan import package_reads
 from builder.oci.recipe import FILE_NAME, Recipe
 from builder.resolve.lock import Lock
 from builder.runs.context import Context, lock_name
 
 
-def _templates(family: Family) -> set[Path]:
-    return {Path(family.base_dir) / f.template for name in family.names for f in family.resolve(name).files
-            if f.template}
+def chain_file(family: Family, flavours: list[str]) -> bytes:
+    """The family file with only these flavours: an image's recipe (and so its provenance) changes with
+    the flavours it is made of, not with every other flavour of the family."""
+    doc = yaml.safe_load(Path(family.source).read_bytes())
+    doc["flavours"] = {name: body for name, body in doc["flavours"].items() if name in flavours}
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120).encode()
 
 
-def project_files(ctx: Context) -> dict[str, bytes]:
-    """The project files a build of this release and family reads, by their path in the project."""
+def _chain_templates(family: Family, flavours: list[str]) -> set[Path]:
+    return {Path(family.base_dir) / f.template for name in flavours for f in family.resolve(name).files if f.template}
+
+
+def project_files(ctx: Context, flavour: str) -> dict[str, bytes]:
+    """The project files a build of this flavour reads, by their path in the project: the family file cut
+    to the flavour's chain (for another family than the default, families.yaml cut to its first flavour,
+    which a project must have), the release file, the chain's templates and the release's key files."""
     root = Path(ctx.project.root).resolve()
-    paths = {root / "families.yaml", Path(ctx.target.release.source)} | _templates(ctx.project.family)
+    chain = ctx.family.chain(flavour)
+    first = ctx.project.family.chain(ctx.project.family.names[0])
+    default_chain = chain if ctx.family.name == DEFAULT_FAMILY else first
+    made = {root / "families.yaml": chain_file(ctx.project.family, default_chain)}
     if ctx.family.name != DEFAULT_FAMILY:
-        paths |= {Path(ctx.family.source)} | _templates(ctx.family)
+        made[Path(ctx.family.source).resolve()] = chain_file(ctx.family, chain)
+    paths = {Path(ctx.target.release.source)} | _chain_templates(ctx.project.family, default_chain)
+    if ctx.family.name != DEFAULT_FAMILY:
+        paths |= _chain_templates(ctx.family, chain)
     for repo in ctx.target.release.repositories:
         if repo.fingerprints is not None:
             paths |= {f for sub in ("trusted", "revoked") for f in (Path(repo.fingerprints) / sub).glob("*")}
         if repo.pubkey is not None:
             paths.add(Path(repo.pubkey))
     out = {}
-    for p in sorted(paths):
+    for p in sorted(paths | set(made)):
         p = p.resolve()
         # keys outside the project (a test mirror's) verify catalogues only, which a rebuild by sum never reads
-        if root not in p.parents or not p.is_file() or p.is_symlink():
+        if root not in p.parents or not (p in made or (p.is_file() and not p.is_symlink())):
             continue
         name = p.relative_to(root).as_posix()
         if FILE_NAME.fullmatch(name):
-            out[name] = p.read_bytes()
+            out[name] = made[p] if p in made else p.read_bytes()
     return out
 
 
-def make_recipe(ctx: Context, files: dict[str, bytes], lock: Lock, arch: str, flavour: str, epoch: int,
-                compression: str, squash: bool) -> Recipe:
-    one = Lock(release=lock.release, source_date_epoch=lock.source_date_epoch, arches={arch: lock.arches[arch]})
+def _chain_lock(lock: Lock, arch: str, family: Family, release, flavour: str) -> Lock:
+    """The lock of one arch cut to the flavour's chain: its flavours and the packages they install or read."""
+    al = lock.arches[arch]
+    chain = family.chain(flavour)
+    names = {n for f in chain for n in package_reads(family.resolve(f), release, list(al.flavours[f].packages))}
+    one = replace(al, flavours={f: al.flavours[f] for f in chain},
+                  packages={n: p for n, p in al.packages.items() if n in names})
+    return Lock(release=lock.release, source_date_epoch=lock.source_date_epoch, arches={arch: one})
+
+
+def make_recipe(ctx: Context, lock: Lock, arch: str, flavour: str, epoch: int, compression: str,
+                squash: bool) -> Recipe:
+    one = _chain_lock(lock, arch, ctx.family, ctx.target.release, flavour)
     return Recipe(format=FORMAT_VERSION, builder=__version__, release=ctx.name, family=ctx.family.name,
-                  flavour=flavour, arch=arch, epoch=epoch, compression=compression, squash=squash, files=files,
-                  lock=one.to_json())
+                  flavour=flavour, arch=arch, epoch=epoch, compression=compression, squash=squash,
+                  files=project_files(ctx, flavour), lock=one.to_json())
 
 
 def check_format(recipe: Recipe, where: str) -> None:
