@@ -46,9 +46,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)  ## make the virtual environment (done by every target that needs it)
 
 help:  ## this list
-	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
-	@echo "freebsdR-FLAVOUR      build one image, e.g. make freebsd14-minimal ARCH=arm64"
-	@echo "                      FAMILY=official: FreeBSD's own images, e.g. make freebsd15.0-runtime FAMILY=official"
+	@grep -E '^[a-zA-Z0-9%_.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sed 's/^freebsd%/freebsdR-FLAVOUR/' | expand -t 24
 
 $(DEMO_MIRROR)/.release-%: $(STAMP)
 	$(FI) generate $* --out $(DEMO_MIRROR)
