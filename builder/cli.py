@@ -171,6 +171,14 @@ _ROWS = (
     Option(("--bump",), "give one package another version (repeatable)", action="append", metavar="PKG=VERSION",
            default=()),
     Option(("--zstd-level",), "zstd level of the generated packages", type=int, default=3),
+    # audit
+    Option(("--release",), "the release whose repositories give the newest versions", key="audit-release",
+           default_help="the image's FreeBSD-runtime version: 14.2p1 is 14.2"),
+    Option(("--vuxml",), "FreeBSD's vulnerability database: a vuln.xml file or URL (xz, gzip, bzip2, zstd or plain)",
+           metavar="FILE|URL", env="FREEBSD_IMAGES_VUXML",
+           default_help="the one FreeBSD publishes, as pkg audit fetches it (vuxml.freebsd.org)"),
+    Option(("--fail-on",), "what makes the exit status 1 (repeatable)", action="append",
+           choices=("advisories", "stale"), default_help="both: advisories and stale packages"),
     # output and the rest
     Option(("--json",), "machine-readable output (JSON)", action="store_true", default=False),
     Option(("--dry-run",), "show what would be done, change nothing", action="store_true", default=False),
@@ -575,6 +583,43 @@ def cmd_verify_image(args) -> int:
         for f in findings:
             print(f.human())
         print(f"{args.ref}: " + (f"{len(failed)} mismatches" if failed else "verified"))
+    return 1 if failed else 0
+
+
+@command("audit", "list an image's packages, the newer versions its release's repositories have and the FreeBSD "
+                  "advisories (VuXML) covering them; exit 1 on findings (--fail-on)",
+         options=("audit-release", "mirror", "keys", "vuxml", "fail-on", "insecure", "json"),
+         positionals=(_positional("refs", "an image: DIR:NAME:TAG (an OCI layout), docker://HOST/REPO:TAG (or "
+                                          "@sha256:...) or a release archive FILE.txz[:NAME:TAG]; an index is audited "
+                                          "platform by platform", nargs="+", metavar="REF"),))
+def cmd_audit(args) -> int:
+    from builder.common.http import Transport
+    from builder.prove.audit import FAIL_ON, HEADER, audit_ref, release_catalogues
+    from builder.resolve.vuxml import load
+    from builder.runs.context import Context, RunOptions
+
+    def opened(release: str):
+        ctx = Context.open(RunOptions(project=args.project, mirror=args.mirror, keys=args.keys), release,
+                           _project(args))
+        return ctx.source.release, ctx.source.transport
+
+    fail_on = tuple(args.fail_on or FAIL_ON)
+    vuxml = load(args.vuxml, Transport())
+    catalogues = release_catalogues(opened)
+    audits = [a for ref in args.refs for a in audit_ref(ref, vuxml, catalogues, args.release, args.insecure)]
+    failed = any(a.failed(fail_on) for a in audits)
+    if args.json:
+        print(json.dumps({"vuxml": vuxml.summary(), "fail_on": list(fail_on), "findings": failed,
+                          "images": [a.to_json() for a in audits]}, indent=2))
+        return 1 if failed else 0
+    db = vuxml.summary()
+    args.log.info(f"vuln.xml: {db['entries']} entries, newest {db['newest'] or 'undated'} ({db['source']})")
+    for a in audits:
+        print(a.heading())
+        print(_table(a.rows(), list(HEADER)))
+        for note in a.notes:
+            print(f"note: {note}")
+        print(f"{a.summary()}\n")
     return 1 if failed else 0
 
 

@@ -87,6 +87,35 @@ def scan(path: str, name: str) -> dict:
     return {}
 
 
+def scan_elves(path: str, name: str) -> dict:
+    """Scan a package; how long it took and how many distinct DT_NEEDED string objects its files hold."""
+    import time
+    from builder.install.scan import scan_package
+    start = time.monotonic()
+    sp = scan_package(Path(path), name, "amd64", 1731456000)
+    elves = [n.elf for n in sp.nodes if n.elf is not None]
+    return {"seconds": time.monotonic() - start, "elf_files": len(elves),
+            "needed": sum(len(e.needed) for e in elves),
+            "needed_objects": len({id(s) for e in elves for s in e.needed})}
+
+
+def closure_of(path: str, name: str) -> dict:
+    """Scan a package and check the shared-library closure of it alone; the closure check's seconds."""
+    import time
+    from builder.errors import BuildError
+    from builder.install import closure
+    from builder.install.fsmodel import FileSystem
+    from builder.install.scan import install, scan_package
+    fs = FileSystem()
+    install(fs, scan_package(Path(path), name, "amd64", 1731456000))
+    start = time.monotonic()
+    try:
+        got, _ = closure.check(fs, "hostile image")
+    except BuildError as exc:   # the refusal, and how long it took to come
+        return {"seconds": time.monotonic() - start, "refused": str(exc)}
+    return {"seconds": time.monotonic() - start, "needed": got.needed}
+
+
 def cli(*argv: str) -> dict:
     import contextlib
     import io
@@ -95,6 +124,28 @@ def cli(*argv: str) -> dict:
     with contextlib.redirect_stderr(err):
         code = main(list(argv))
     return {"code": code, "stderr": err.getvalue()}
+
+
+def registry_read(host: str, kind: str, report: str) -> dict:
+    """One registry read whose reply the test server makes huge: a manifest, the referrers API, a token."""
+    from builder.oci.registry import Registry, remote_referrers
+    reg = Registry(host, insecure=True, auth=("relng", "pw") if kind == "token" else None, retries=1,
+                   sleep=lambda s: None)
+    try:
+        if kind == "referrers":
+            remote_referrers(reg, "x", "sha256:" + "a" * 64)
+        else:
+            reg.get_manifest("x", "t")
+    finally:
+        Path(report).write_text(json.dumps({"bytes": reg.http.stats.bytes, "requests": reg.http.stats.requests}))
+    return {}
+
+
+def vuxml_load(spec: str) -> dict:
+    """audit's vuln.xml reader on a file or URL (tests/test_audit.py: entity bombs, 2 GiB files and streams)."""
+    from builder.common.http import Transport
+    from builder.resolve.vuxml import load
+    return load(spec, Transport(retries=1, sleep=lambda s: None)).summary()
 
 
 if __name__ == "__main__":
