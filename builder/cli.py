@@ -627,7 +627,7 @@ def cmd_audit(args) -> int:
 
 @command("nightly", "release engineering's nightly: outdated, lock, build, verify, publish what changed, report",
          options=("to", "insecure", "user", "password-env", "nightly-out", "state-dir", "report-dir", "no-verify",
-                  "sign-key", "lookaside", "allow-downgrade", "allow-writer-drift") + RELEASE_OPTIONS,
+                  "sign-key", "lookaside", "allow-downgrade", "allow-writer-drift", "vuxml") + RELEASE_OPTIONS,
          positionals=(_positional("releases", "release lines (default: every file in releases/)", nargs="*",
                                   metavar="RELEASE"),))
 def cmd_nightly(args) -> int:
@@ -637,7 +637,8 @@ def cmd_nightly(args) -> int:
     opts = NightlyOptions(to=args.to, insecure=args.insecure, out=args.out,
                           state_dir=args.state_dir or args.out / "state", report_dir=args.report_dir or args.out / "report",
                           verify=not args.no_verify, auth=credentials(args.user, args.password_env),
-                          allow_downgrade=args.allow_downgrade, allow_writer_drift=args.allow_writer_drift)
+                          allow_downgrade=args.allow_downgrade, allow_writer_drift=args.allow_writer_drift,
+                          vuxml=args.vuxml)
     with _signing(args.sign_key, args.lookaside or args.out / "lookaside") as signing:
         report = run([_context(args, r) for r in releases], replace(opts, signing=signing), args.log)
     for r in report.releases:

@@ -67,3 +67,48 @@ def test_nightly_end_to_end(tmp_path, registry):
     digests3 = {i["image"]: i["index"] for i in third["images"]}
     assert {k for k in digests1 if digests1[k] != digests3[k]} == {f"freebsd{RELEASE}-small"}
     assert "FreeBSD-utilities 14.2p1 \u2192 14.2p2" in md3
+
+
+NEW_IN_UTILITIES = """
+  <vuln vid="99a1b2c3-e4f5-11ef-9a1b-2c3d4e5f6a99">
+    <topic>FreeBSD-utilities -- a flaw its next patch level brings</topic>
+    <affects><package><name>FreeBSD-utilities</name><range><ge>14.2p2</ge></range></package></affects>
+    <description><body xmlns="http://www.w3.org/1999/xhtml"><p>x</p></body></description>
+    <references><cvename>CVE-2026-99999</cvename></references>
+    <dates><discovery>2026-01-01</discovery><entry>2026-01-01</entry></dates>
+  </vuln>
+"""
+
+
+def test_nightly_reports_advisories_fixed_and_open_and_holds_back_a_regression(tmp_path, registry):
+    """With --vuxml, each image is audited before it is published: the report says what this build fixed
+    and what is still open, and an image with advisories the published one has not is held back."""
+    from builder.cli import main
+    mirror = tmp_path / "mirror"
+    rel = load_release(ROOT / "releases" / f"{RELEASE}.yaml", ROOT)
+    generate(rel, mirror, ["amd64"], GenOptions())
+    project = demo_project(tmp_path)
+    vuln = tmp_path / "vuln.xml"
+    text = (ROOT / "tests" / "fixtures" / "vuxml" / "vuln.xml").read_text()
+    vuln.write_text(text.replace("</vuxml>", NEW_IN_UTILITIES + "</vuxml>"))
+    argv = ["--project", str(project), "-q", "nightly", RELEASE, "--no-verify", "--arch", "amd64",
+            "--to", f"{registry.host}/audited", "--insecure", "--vuxml", str(vuln), "--out", str(tmp_path / "n"),
+            "--mirror", f"file://{mirror}", "--keys", str(mirror / "keys"), "--lock-dir", str(tmp_path / "locks")]
+
+    def night() -> dict:
+        assert main(argv) == 0
+        doc = json.loads((tmp_path / "n" / "report" / "report.json").read_text())["releases"][0]
+        return {i["image"]: (i["action"], i["advisories"]) for i in doc["images"]}
+
+    first = night()
+    ssh = "11a1b2c3-e4f5-11ef-9a1b-2c3d4e5f6a71"
+    assert first["freebsd14.2-minimal"][0] == "published" and ssh in first["freebsd14.2-minimal"][1]["open"]
+    # the base system to 14.2p3: the SA is fixed; FreeBSD-utilities' next patch level brings a new one
+    generate(rel, mirror, ["amd64"], GenOptions(version="14.2p3", bumps=(("FreeBSD-utilities", "14.2p3"),)))
+    second = night()
+    action, adv = second["freebsd14.2-minimal"]
+    assert ssh in adv["fixed"] and ssh not in adv["open"]
+    held, small = second["freebsd14.2-small"]
+    assert small["new"] == ["99a1b2c3-e4f5-11ef-9a1b-2c3d4e5f6a99"] and held.startswith("held: new advisories")
+    md = (tmp_path / "n" / "report" / "report.md").read_text()
+    assert "fixed by this build: " + ssh in md and "new, so not published: 99a1b2c3" in md

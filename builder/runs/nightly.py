@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from builder.common.atomic import atomic_write_bytes
 from builder.common.log import Log
@@ -24,6 +24,8 @@ from builder.oci.sign import SigningPlan, lookaside_dir
 from builder.resolve.lock import Lock, Update, fetch_catalogues, load_lock, outdated, relock, stale_catalogues, write_lock
 from builder.runs.context import Context, lock_name
 from builder.runs.images import ImageOptions, build_release, human_size
+from builder.prove.audit import ReleaseCatalogues, audit_layout, audit_ref
+from builder.resolve.vuxml import load as load_vuxml
 from builder.runs.verify import VerifyRequest, against, verify
 
 
@@ -39,6 +41,7 @@ class NightlyOptions:
     allow_downgrade: bool = False            # accept a rollback of the lock (recorded in the report)
     signing: Optional[SigningPlan] = None    # sign what is published (FREEBSD_IMAGES_SIGN_KEY)
     allow_writer_drift: bool = False         # build with other writers than the pinned ones (recorded)
+    vuxml: Optional[str] = None              # audit against this vuln.xml (file or URL); None: no audit
 
 
 # --- the report: what report.json holds, typed; to_json/from_json round-trip it exactly ---------------------
@@ -97,6 +100,21 @@ class PlatformReport:
 
 
 @dataclass(frozen=True)
+class AdvisoryReport:
+    """VuXML entries (vids) of an image: what the new build still has, and how it compares with the published one."""
+    open: tuple[str, ...]             # in the new build
+    fixed: tuple[str, ...]            # in the published image, not in the new build
+    new: tuple[str, ...]              # in the new build, not in the published image: it is held back
+
+    def to_json(self) -> dict:
+        return {"open": list(self.open), "fixed": list(self.fixed), "new": list(self.new)}
+
+    @classmethod
+    def from_json(cls, doc: Optional[dict]) -> Optional["AdvisoryReport"]:
+        return None if doc is None else cls(tuple(doc["open"]), tuple(doc["fixed"]), tuple(doc["new"]))
+
+
+@dataclass(frozen=True)
 class ImageReport:
     image: str
     tags: tuple[str, ...]
@@ -105,16 +123,18 @@ class ImageReport:
     previous: Optional[str]           # the index the registry had under the first tag before this run
     signatures: Optional[str]         # the lookaside directory of the index's signatures, when signed
     platforms: tuple[PlatformReport, ...]
+    advisories: Optional[AdvisoryReport] = None   # None: not audited (no --vuxml)
 
     def to_json(self) -> dict:
         return {"image": self.image, "tags": list(self.tags), "index": self.index, "action": self.action,
                 "previous": self.previous, "signatures": self.signatures,
-                "platforms": [p.to_json() for p in self.platforms]}
+                "platforms": [p.to_json() for p in self.platforms],
+                "advisories": self.advisories.to_json() if self.advisories else None}
 
     @classmethod
     def from_json(cls, doc: dict) -> "ImageReport":
         return cls(doc["image"], tuple(doc["tags"]), doc["index"], doc["action"], doc["previous"], doc["signatures"],
-                   tuple(map(PlatformReport.from_json, doc["platforms"])))
+                   tuple(map(PlatformReport.from_json, doc["platforms"])), AdvisoryReport.from_json(doc.get("advisories")))
 
 
 @dataclass(frozen=True)
@@ -186,8 +206,9 @@ def changed_packages(old: Optional[Lock], new: Lock) -> list[PackageChange]:
     return [PackageChange(n, o, v, tuple(a)) for (n, o, v), a in out.items()]
 
 
-def _relock(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Lock, list[Update], list[str], list[str]]:
-    """The release's lock brought up to the catalogues: (lock, updates found, stale catalogues, downgrades)."""
+def _relock(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Lock, list[Update], list[str], list[str], dict]:
+    """The release's lock brought up to the catalogues: (lock, updates found, stale catalogues, downgrades,
+    the catalogues)."""
     release = ctx.source.release
     cats = fetch_catalogues(ctx.source.transport, release, ctx.arches)
     previous = load_lock(ctx.lock_path)
@@ -197,7 +218,7 @@ def _relock(ctx: Context, opts: NightlyOptions, log: Log) -> tuple[Lock, list[Up
         log.warn(s)
     lock, accepted = relock(release, ctx.family, cats, previous, opts.allow_downgrade, warn=log.warn)
     write_lock(ctx.lock_path, lock)
-    return lock, fresh, stale, accepted
+    return lock, fresh, stale, accepted, cats
 
 
 def _verify(ctx: Context, opts: NightlyOptions, rb: ReleaseBuild,
@@ -248,24 +269,55 @@ def _image_report(t: PushTarget, built: list[BuiltImage], action: str, current: 
     return ImageReport(t.name, tuple(t.tags), t.index_digest, action, current, signatures(t.index_digest), platforms)
 
 
-def _publish(rb: ReleaseBuild, registry: Optional[Registry], ns: Optional[str],
-             signing: Optional[SigningPlan]) -> tuple[ImageReport, ...]:
-    """Each image this run built, published when a registry is given and it changed."""
+def _publish(rb: ReleaseBuild, registry: Optional[Registry], ns: Optional[str], signing: Optional[SigningPlan],
+             audit: Optional[Callable[[str, Optional[str]], AdvisoryReport]] = None) -> tuple[ImageReport, ...]:
+    """Each image this run built, published when a registry is given and it changed, unless it has advisories
+    the published image has not (a regression is held back, and reported)."""
     layout = Layout(rb.layout)
     lookaside = signing.lookaside if registry and signing else None
-    ours = {i.name for i in rb.images}   # families share the layout: publish only what this run built
+    # the layout keeps earlier builds' indexes (and families share it): publish only this run's
+    ours = {d.digest for d in rb.indexes.values()}
     images = []
-    for t in [t for t in targets_in_layout(layout) if t.name in ours]:
+    for t in [t for t in targets_in_layout(layout) if t.index_digest in ours]:
         repo = f"{ns}/{t.name}" if ns else t.name
         current = registry.manifest_digest(repo, t.tags[0]) if registry else None
-        action = _push(layout, registry, ns, repo, t, current, signing) if registry else "not published"
-        images.append(_image_report(t, [i for i in rb.images if i.name == t.name], action, current, repo, lookaside))
+        found = audit(f"{t.name}:{t.tags[0]}", f"{registry.host}/{repo}:{t.tags[0]}" if current else None) \
+            if audit else None
+        if found and found.new and current and current != t.index_digest:
+            action = "held: new advisories " + ", ".join(found.new)
+        else:
+            action = _push(layout, registry, ns, repo, t, current, signing) if registry else "not published"
+        images.append(replace(_image_report(t, [i for i in rb.images if i.name == t.name], action, current, repo,
+                                            lookaside), advisories=found))
     return tuple(images)
+
+
+def _auditor(ctx: Context, opts: NightlyOptions, rb: ReleaseBuild,
+             cats: dict) -> Optional[Callable[[str, Optional[str]], AdvisoryReport]]:
+    """audit(ref in the layout, the published image or None) -> its advisories; None without --vuxml."""
+    if not opts.vuxml:
+        return None
+    db = load_vuxml(opts.vuxml, ctx.source.transport)
+    release = ctx.target.release
+
+    def catalogues(_: str, architecture: str) -> ReleaseCatalogues:
+        arch = release.arch(architecture).name
+        return ReleaseCatalogues(release.name, arch, tuple(cats[arch]))
+
+    def vids(found: list) -> set[str]:
+        return {a.vid for image in found for p in image.packages for a in p.advisories}
+
+    def audit(ref: str, published: Optional[str]) -> AdvisoryReport:
+        now = vids(audit_layout(rb.layout, ref, db, release, cats))
+        before = vids(audit_ref(f"docker://{published}", db, catalogues, release.name, opts.insecure)) \
+            if published else set()
+        return AdvisoryReport(tuple(sorted(now)), tuple(sorted(before - now)), tuple(sorted(now - before)))
+    return audit
 
 
 def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
     rel = ctx.name
-    lock, fresh, stale, accepted = _relock(ctx, opts, log)
+    lock, fresh, stale, accepted, cats = _relock(ctx, opts, log)
     published_lock_path = opts.state_dir / lock_name(rel, ctx.family.name).replace(".lock.json", ".published.lock.json")
     changes = changed_packages(load_lock(published_lock_path), lock)
     log.info(f"{rel}: {len(fresh)} updates in the catalogues, {len(changes)} package changes since the last publish")
@@ -274,7 +326,7 @@ def run_release(ctx: Context, opts: NightlyOptions, log: Log) -> ReleaseReport:
     reproducible, differences, unlike = _verify(ctx, opts, rb, log)
     registry, ns = (Registry.for_destination(opts.to, insecure=opts.insecure, auth=opts.auth)
                     if opts.to and reproducible is not False and not unlike else (None, None))
-    images = _publish(rb, registry, ns, opts.signing)
+    images = _publish(rb, registry, ns, opts.signing, _auditor(ctx, opts, rb, cats))
     if registry:
         write_lock(published_lock_path, lock)
     return ReleaseReport(
@@ -315,6 +367,14 @@ def _images_markdown(r: ReleaseReport) -> list[str]:
                   + (", and signatures" if r.signed else "") + ":", ""] + attached + [""]
     if accepted:
         lines += ["Unresolved shared libraries accepted in families.yaml:", ""] + accepted + [""]
+    audited = [(img.image, img.advisories) for img in r.images if img.advisories is not None]
+    if audited:
+        lines += ["Advisories (FreeBSD's VuXML, as `pkg audit` matches them):", ""]
+        lines += [f"- {name}: " + "; ".join(f"{what} {', '.join(vids)}" for what, vids in
+                                            (("fixed by this build:", a.fixed), ("still open:", a.open),
+                                             ("new, so not published:", a.new)) if vids) or f"- {name}: none"
+                  for name, a in audited]
+        lines.append("")
     return lines
 
 
