@@ -106,11 +106,13 @@ class ScriptedServer:
     """A 127.0.0.1 server whose answers are test functions: ``server.route(path, fn)``, fn(handler).
 
     Every request is logged as (method, path with query, headers); ``sent[path]``
-    counts the body bytes a streaming answer managed to write.
+    counts the body bytes a streaming answer managed to write. ``route_prefix``
+    answers the paths no exact route names (a fake registry's many digests).
     """
 
     def __init__(self):
         self.routes: dict = {}
+        self.prefixes: list = []
         self.requests: list[tuple[str, str, dict]] = []
         self.sent: dict[str, int] = {}
         server = self
@@ -127,7 +129,8 @@ class ScriptedServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                fn = server.routes.get(path) or reply(404)
+                fn = server.routes.get(path) or next((f for p, f in server.prefixes if path.startswith(p)),
+                                                     None) or reply(404)
                 try:
                     fn(self)
                 except (BrokenPipeError, ConnectionResetError):
@@ -147,6 +150,9 @@ class ScriptedServer:
 
     def route(self, path: str, fn) -> None:
         self.routes[path] = fn
+
+    def route_prefix(self, prefix: str, fn) -> None:
+        self.prefixes.append((prefix, fn))
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -191,4 +197,28 @@ def endless(total: int, announce: bool = True, chunk: int = 1 << 16, byte: bytes
                 time.sleep(every)
         if not announce:
             h.wfile.write(b"0\r\n\r\n")
+    return answer
+
+
+def trickle_head(every: float = 0.05, total: int = 1 << 20):
+    """A status line and then one header trickled a byte every ``every`` seconds: no read
+    timeout ever trips and no body ever starts (only an overall deadline ends it)."""
+    def answer(h):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        h.wfile.flush()
+        for _ in range(total):
+            h.wfile.write(b"a")
+            h.wfile.flush()
+            time.sleep(every)
+        h.close_connection = True
+    return answer
+
+
+def silent(seconds: float):
+    """Read the request and say nothing for ``seconds`` (then hang up): a server that never answers."""
+    def answer(h):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.05)
+        h.close_connection = True
     return answer

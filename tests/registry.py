@@ -146,3 +146,19 @@ class AuthProxy(LocalHttp):
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
         self.start(Handler)
+
+
+class TlsStandIn(requests.adapters.HTTPAdapter):
+    """Stands for TLS in front of a plain-HTTP test server: mounted on a session for
+    ``https://HOST:PORT``, it sends those requests to ``http://HOST:PORT`` and gives the
+    answers back under the https URL, so the client behaves as towards an https registry."""
+
+    def send(self, request, **kw):
+        https = request.url
+        request.url = "http://" + https[len("https://"):]
+        try:
+            r = super().send(request, **kw)
+        finally:
+            request.url = https
+        r.url = https
+        return r

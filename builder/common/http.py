@@ -8,22 +8,29 @@ of interrupted bodies on top. ``file://`` URLs are read directly; ``pkg+``
 URLs mean SRV-record mirror selection to pkg, which we treat as the plain
 scheme (pkg.FreeBSD.org answers on its A records too).
 
-A repository server is not trusted to be reasonable: every download has a byte
-limit (refused as soon as it is passed, or when Content-Length announces more)
-and a total deadline over all its attempts, on top of the per-read timeout
-(which a server trickling one byte a second never trips).
+A server is not trusted to be reasonable: every download and every reply read
+whole (``Http.fetch``) has a byte limit (refused as soon as it is passed, or when
+Content-Length announces more) and a total deadline over all its attempts, on top
+of the per-read timeout (which a server trickling one byte a second never trips).
+The deadline is kept by a watchdog (``watching``) that shuts the socket of the
+request in flight when it passes, so a trickle of headers, a body or a silent
+peer all end then, not only a body checked between reads.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import math
 import os
+import socket
 import sys
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Mapping, Optional
 
 if TYPE_CHECKING:
     import requests
@@ -81,70 +88,6 @@ class Stats:
     bytes: int = 0
 
 
-def new_session() -> "requests.Session":
-    import requests   # here, not at the top: a build whose layers are all cached never opens a connection
-    s = requests.Session()
-    s.headers["User-Agent"] = f"freebsd-images/{__version__}"
-    # Retries are ours (RetryPolicy), so that downloads and the registry share one policy.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=8, max_retries=0)
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    return s
-
-
-class Http:
-    """A session plus the retry policy; ``send`` retries what is worth retrying."""
-
-    def __init__(self, policy: Optional[RetryPolicy] = None, timeout: tuple[float, float] = (10.0, 30.0)):
-        self.policy = policy or RetryPolicy()
-        self.timeout = timeout
-        self._session = None
-        self.stats = Stats()
-
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = new_session()
-        return self._session
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-
-    def send(self, method: str, url: str, describe: str, retry: bool = True, **kw) -> requests.Response:
-        """One request, retried on connection errors and RETRY_STATUS; the last answer is returned as is.
-
-        ``retry=False`` is for callers that retry a larger unit themselves (a resumable body)
-        with the same policy: connection errors then propagate as they are.
-        """
-        import requests
-        kw.setdefault("timeout", self.timeout)
-        if not retry:
-            self.stats.requests += 1
-            return self.session.request(method, url, **kw)
-        for attempt in range(self.policy.retries + 1):
-            if attempt:
-                self.stats.retries += 1
-            self.stats.requests += 1
-            try:
-                r = self.session.request(method, url, **kw)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.policy.retries:
-                    raise BuildError(f"{describe}: {type(exc).__name__} after {attempt + 1} attempts") from exc
-                self.policy.wait(attempt + 1)
-                continue
-            if r.status_code in RETRY_STATUS and attempt < self.policy.retries:
-                r.close()
-                self.policy.wait(attempt + 1, r.headers.get("Retry-After"))
-                continue
-            return r
-        raise AssertionError("unreachable")
-
-
-def http_url(url: str) -> str:
-    return url[4:] if url.startswith("pkg+") else url
-
-
 class TooLarge(BuildError):
     pass
 
@@ -158,12 +101,19 @@ PACKAGE_DEADLINE = 30 * 60.0     # seconds for one package, every attempt includ
 CATALOGUE_DEADLINE = 2 * 60.0    # seconds for meta.conf or one catalogue archive
 
 
-class _Budget:
-    """The byte limit and the deadline of one download, checked as data arrives."""
+class Budget:
+    """The byte limit and the deadline of one operation (a download, a request and its reply),
+    checked as data arrives; ``task`` names the operation in a refusal."""
 
-    def __init__(self, what: str, limit: Optional[int], deadline: Optional[float]):
-        self.what, self.limit, self.deadline = what, limit, deadline
+    def __init__(self, what: str, limit: Optional[int], deadline: Optional[float], task: str = "download"):
+        self.what, self.limit, self.deadline, self.task = what, limit, deadline, task
         self.start = time.monotonic()
+
+    def part(self, what: str, limit: Optional[int]) -> "Budget":
+        """A step of this operation with its own name and byte limit, sharing its deadline."""
+        step = Budget(what, limit, self.deadline, self.task)
+        step.start = self.start
+        return step
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -172,7 +122,7 @@ class _Budget:
         return math.inf if self.deadline is None else self.deadline - self.elapsed()
 
     def too_slow(self, received: int) -> TooSlow:
-        return TooSlow(f"{self.what}: no complete download within the {self.deadline:g}s deadline "
+        return TooSlow(f"{self.what}: no complete {self.task} within the {self.deadline:g}s deadline "
                        f"({self.elapsed():.1f}s elapsed, {received} bytes received); refusing")
 
     def check_time(self, received: int) -> None:
@@ -192,14 +142,243 @@ class _Budget:
         return (min(configured[0], left), min(configured[1], left))
 
 
+# --- the deadline's watchdog ---------------------------------------------------------------
+# A per-read timeout restarts with every byte, so a peer trickling the status line, the
+# headers or a request body that we send never trips it. The watchdog is a timer that shuts
+# the sockets of the requests its thread made while it ran: whatever blocked on them wakes
+# with an error, which the retry loop turns into TooSlow as the deadline has passed.
+
+class _Watch:
+    def __init__(self):
+        self.conns: list = []   # urllib3 connections used under this watch
+        self.lock = threading.Lock()
+        self.live, self.fired = True, False
+
+    def add(self, conn) -> None:
+        with self.lock:
+            if self.live and conn not in self.conns:
+                self.conns.append(conn)
+
+    def cut(self) -> None:
+        with self.lock:
+            if not self.live:
+                return          # the operation ended as the timer fired: its sockets are others' now
+            self.fired = True
+            for conn in self.conns:
+                sock = conn.sock          # None before it connects and after it closes
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self.lock:
+            self.live = False
+
+
+class _Watches(threading.local):
+    def __init__(self):
+        self.stack: list[_Watch] = []   # this thread's open watches, innermost last
+
+
+_watches = _Watches()
+
+
+def _register(conn) -> None:
+    if _watches.stack:
+        _watches.stack[-1].add(conn)
+
+
+@contextlib.contextmanager
+def watching(budget: Budget) -> Iterator[None]:
+    """Hold budget's deadline over everything this thread sends and reads inside the block."""
+    if budget.deadline is None:
+        yield
+        return
+    watch = _Watch()
+    _watches.stack.append(watch)
+    timer = threading.Timer(max(budget.left(), 0.0), watch.cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        watch.close()
+        _watches.stack.remove(watch)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter_class() -> type:
+    """requests' adapter whose connections report to the thread's watch (made on first use:
+    importing requests costs every run, and a build from cached layers needs no network)."""
+    import requests
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def watched(base: type) -> type:
+        class Watched(base):
+            def connect(self):                  # a TLS handshake happens here, before putrequest
+                _register(self)
+                return super().connect()
+
+            def putrequest(self, *a, **kw):     # every request on a new or reused connection
+                _register(self)
+                return super().putrequest(*a, **kw)
+        return Watched
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = watched(HTTPConnection)
+
+    class TLSPool(HTTPSConnectionPool):
+        ConnectionCls = watched(HTTPSConnection)
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *a, **kw):
+            super().init_poolmanager(*a, **kw)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TLSPool}
+
+    return Adapter
+
+
+def new_session() -> "requests.Session":
+    import requests   # here, not at the top: a build whose layers are all cached never opens a connection
+    s = requests.Session()
+    s.headers["User-Agent"] = f"freebsd-images/{__version__}"
+    # Retries are ours (RetryPolicy), so that downloads and the registry share one policy.
+    adapter = _adapter_class()(pool_connections=8, pool_maxsize=8, max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer read whole within its budget (``Http.fetch``)."""
+    status_code: int
+    reason: str
+    headers: Mapping[str, str]      # case-insensitive, as requests gives them
+    content: bytes
+    url: str
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        pass                          # nothing held: the body is read
+
+
 def _arrivals(resp: requests.Response):
     """The body as it arrives: read1 returns whatever one socket read gave, where read(n)
     (and iter_content) would block until n bytes came, deaf to any deadline meanwhile."""
+    import urllib3
+    raw = resp.raw
+    if isinstance(raw, urllib3.BaseHTTPResponse):
+        def read() -> bytes:
+            return raw.read1(CHUNK, decode_content=True)
+    else:                        # a file-like answer from another adapter (tests' fake hosts)
+        def read() -> bytes:
+            return raw.read(CHUNK)
     while True:
-        chunk = resp.raw.read1(CHUNK, decode_content=True)
+        chunk = read()
         if not chunk:
             return
         yield chunk
+
+
+class Http:
+    """A session plus the retry policy; ``send`` and ``fetch`` retry what is worth retrying."""
+
+    def __init__(self, policy: Optional[RetryPolicy] = None, timeout: tuple[float, float] = (10.0, 30.0)):
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self._session = None
+        self.stats = Stats()
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = new_session()
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def send(self, method: str, url: str, describe: str, retry: bool = True, budget: Optional[Budget] = None,
+             **kw) -> requests.Response:
+        """One request, retried on connection errors and RETRY_STATUS; the last answer is returned as is.
+
+        With ``budget``, no attempt, wait or read outlasts its deadline; a caller streaming the body
+        holds ``watching(budget)`` over its reading too. ``retry=False`` is for callers that retry a
+        larger unit themselves (a resumable body) with the same policy: errors then propagate as they are.
+        """
+        if not retry:
+            kw.setdefault("timeout", self.timeout)
+            self.stats.requests += 1
+            return self.session.request(method, url, **kw)
+        return self._retrying(describe, budget or Budget(describe, None, None),
+                              lambda timeout: self.session.request(method, url, timeout=timeout, **kw))
+
+    def fetch(self, method: str, url: str, describe: str, budget: Budget, **kw) -> Reply:
+        """A request and its whole reply, within budget's byte limit and deadline (every attempt
+        included); retried like ``send``, a refusal (too large, too slow) is not."""
+        def once(timeout) -> Reply:
+            with self.session.request(method, url, timeout=timeout, stream=True, **kw) as r:
+                return Reply(r.status_code, r.reason or "", r.headers, self._body(r, method, budget), r.url)
+        with watching(budget):
+            return self._retrying(describe, budget, once)
+
+    def _body(self, r: requests.Response, method: str, budget: Budget) -> bytes:
+        if method == "HEAD":
+            return b""
+        total = r.headers.get("Content-Length")
+        if total and total.isdigit():
+            budget.check_size(int(total), announced=True)
+        body = bytearray()
+        for chunk in _arrivals(r):
+            body += chunk
+            self.stats.bytes += len(chunk)
+            budget.check_size(len(body))
+            budget.check_time(len(body))
+        return bytes(body)
+
+    def _retrying(self, describe: str, budget: Budget, once: Callable):
+        """once(timeout) -> an answer, retried on connection and read errors and RETRY_STATUS
+        while attempts and budget's time last: the one retry policy of every request."""
+        import requests
+        import urllib3
+        transient = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                     urllib3.exceptions.HTTPError)
+        for attempt in range(self.policy.retries + 1):
+            budget.check_time(0)
+            if attempt:
+                self.stats.retries += 1
+            self.stats.requests += 1
+            last = attempt >= self.policy.retries
+            try:
+                answer = once(budget.timeout(self.timeout))
+            except transient as exc:
+                if budget.left() <= 0:
+                    raise budget.too_slow(0) from exc
+                if last:
+                    raise BuildError(f"{describe}: {type(exc).__name__} after {attempt + 1} attempts") from exc
+                self.policy.wait(attempt + 1, budget=budget.left())
+                continue
+            if budget.left() <= 0:
+                # the watchdog's cut can end the headers or body early and look like a whole answer
+                answer.close()
+                raise budget.too_slow(0)
+            if answer.status_code in RETRY_STATUS and not last:
+                answer.close()
+                self.policy.wait(attempt + 1, answer.headers.get("Retry-After"), budget.left())
+                continue
+            return answer
+        raise AssertionError("unreachable")
+
+
+def http_url(url: str) -> str:
+    return url[4:] if url.startswith("pkg+") else url
 
 
 class Transport(Http):
@@ -223,19 +402,20 @@ class Transport(Http):
         (all attempts together), is a refusal naming ``what`` (default: the URL).
         """
         url = http_url(url)
-        budget = _Budget(what or url, limit, deadline)
+        budget = Budget(what or url, limit, deadline)
         if url.startswith("file://"):
             return self._fetch_file(url, out, budget)
         if not url.startswith(("http://", "https://")):
             raise BuildError(f"unsupported URL scheme: {url}")
-        return self._fetch_http(url, out, label or url.rsplit("/", 1)[-1], budget)
+        with watching(budget):
+            return self._fetch_http(url, out, label or url.rsplit("/", 1)[-1], budget)
 
     def fetch_bytes(self, url: str, limit: int, deadline: Optional[float] = None) -> bytes:
         buf = io.BytesIO()
         self.fetch_to(url, buf, limit=limit, deadline=self.catalogue_deadline if deadline is None else deadline)
         return buf.getvalue()
 
-    def _fetch_file(self, url: str, out: BinaryIO, budget: _Budget) -> int:
+    def _fetch_file(self, url: str, out: BinaryIO, budget: Budget) -> int:
         path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
         try:
             with open(path, "rb") as fh:
@@ -251,7 +431,7 @@ class Transport(Http):
         self.stats.bytes += n
         return n
 
-    def _fetch_http(self, url: str, out: BinaryIO, label: str, budget: _Budget) -> int:
+    def _fetch_http(self, url: str, out: BinaryIO, label: str, budget: Budget) -> int:
         import requests
         import urllib3
         written = 0
@@ -305,6 +485,7 @@ class Transport(Http):
                             print(f"\r{label}: {written * 100 // expected}%", end="", file=sys.stderr)
                     if self.progress and expected:
                         print(file=sys.stderr)
+                    budget.check_time(written)     # a body the watchdog cut may look complete
                     if expected is not None and written != expected:
                         last_error = f"body truncated at {written} of {expected} bytes"
                         continue

@@ -5,6 +5,13 @@ them, every platform manifest (pushed by digest) before the index, the index
 by digest and then under each tag. Blobs already in the repository are not
 sent again; blobs pushed to a sibling repository in the same run (the
 family's shared lower layers) are cross-mounted instead of uploaded.
+
+A registry is not trusted to be reasonable (see ``Limits``): every reply is read
+with a byte limit and every request, its retries, redirects and login within a
+deadline; JSON is checked for depth and shape before use; credentials go only
+to the registry's own scheme, host and port, and plain HTTP only with
+``insecure``; repository names and tags follow the distribution-spec grammar
+before any of them becomes a URL or a file name.
 """
 from __future__ import annotations
 
@@ -18,12 +25,9 @@ import re
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional
 
-if TYPE_CHECKING:
-    import requests
-
-from builder.common.http import Http, RetryPolicy
+from builder.common.http import Budget, Http, Reply, RetryPolicy, watching
 from builder.errors import BuildError
 from builder.oci import attest
 from builder.oci.layout import EMPTY_BLOB, INDEX_MT, MANIFEST_MT, Descriptor, Layout, canonical
@@ -33,6 +37,117 @@ from builder.oci.sign import (DSSE_MT, DSSE_SCHEME, DSSE_SCHEME_VALUE, DSSE_SIGN
 ACCEPT = f"{INDEX_MT}, {MANIFEST_MT}"
 CHUNK = 8 << 20
 MONOLITHIC_MAX = 16 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one registry operation may cost; tests make them small."""
+    reply: int = 4 << 20            # bytes of a reply read whole: manifests, indexes, referrers, tokens, errors
+    blob: int = 1 << 30             # bytes of a blob read whole (diff and reproduce hold layers in memory)
+    deadline: float = 120.0         # seconds for a request and its reply: every attempt, redirect and the login
+    blob_deadline: float = 30 * 60.0  # ... when a blob's body goes up or comes down (open_blob: the whole read)
+
+
+LIMITS = Limits()
+JSON_DEPTH = 32                     # an OCI index nests 5 deep; json.loads itself stops near 1000
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+# --- names: the distribution-spec grammar ----------------------------------------------------
+# A name or reference becomes a URL path (requests folds dot segments: ../evil/img would reach
+# /v2/evil/img) and a lookaside directory, so nothing outside the grammar gets that far.
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+NAME_MAX = 255                      # what registries (and docker's reference grammar) accept
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")   # the registered algorithms
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+# the API paths we send: /v2/ and /v2/NAME/{blobs/DIGEST, blobs/uploads/, manifests/REF, referrers/DIGEST, tags/list}
+_API_PATH = re.compile(r"/v2/(?:(?P<name>.+)/(?:blobs/(?P<blob>[^/]+)|blobs/uploads/|manifests/(?P<ref>[^/]+)"
+                       r"|referrers/(?P<subject>[^/]+)|tags/list))?")
+
+
+def check_name(name: str, what: str) -> str:
+    """name if it is a repository name of the distribution spec, else a refusal naming what and it."""
+    if not isinstance(name, str) or len(name) > NAME_MAX or not _NAME.fullmatch(name):
+        raise BuildError(f"{what}: {str(name)[:300]!r} is not a repository name (lowercase [a-z0-9] components "
+                         f"joined by '.', '_', '__' or '-', separated by '/', at most {NAME_MAX} characters); "
+                         "refusing")
+    return name
+
+
+def check_tag(tag: str, what: str) -> str:
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise BuildError(f"{what}: {str(tag)[:300]!r} is not a tag ([A-Za-z0-9_] then up to 127 of "
+                         "[A-Za-z0-9._-]); refusing")
+    return tag
+
+
+def check_reference(ref: str, what: str) -> str:
+    """A manifest reference: a tag or a digest."""
+    return ref if _DIGEST.fullmatch(ref) else check_tag(ref, what)
+
+
+def check_digest(digest: str, what: str) -> str:
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise BuildError(f"{what}: {str(digest)[:300]!r} is not a digest (sha256:<64 hex> or sha512:<128 hex>); "
+                         "refusing")
+    return digest
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """A registry's JSON: refused (naming what) when it is not JSON or nests deeper than JSON_DEPTH."""
+    try:
+        doc = json.loads(data)
+    except RecursionError as exc:
+        raise BuildError(f"{what}: JSON nested too deeply; refusing") from exc
+    except ValueError as exc:
+        raise BuildError(f"{what}: not JSON ({type(exc).__name__}); refusing") from exc
+    # walked without recursion: what json.loads read, code that recurses over it would not survive
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > JSON_DEPTH:
+                raise BuildError(f"{what}: JSON nested deeper than {JSON_DEPTH} levels; refusing")
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return doc
+
+
+def _descriptor_problem(d: Any) -> Optional[str]:
+    if not isinstance(d, dict):
+        return "is not an object"
+    if not isinstance(d.get("mediaType"), str):
+        return "has no string mediaType"
+    if not isinstance(d.get("digest"), str) or not _DIGEST.fullmatch(d["digest"]):
+        return "has no digest (sha256:<64 hex>)"
+    if type(d.get("size")) is not int or d["size"] < 0:
+        return "has no integer size"
+    if "artifactType" in d and not isinstance(d["artifactType"], str):
+        return "has an artifactType that is not a string"
+    ann = d.get("annotations")
+    if ann is not None and not (isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values())):
+        return "has annotations that are not strings"
+    return None
+
+
+def referrers_index(data: bytes, what: str) -> list[dict]:
+    """The descriptors a referrers index lists (the API's answer or a sha256-<hex> tag), shape-checked:
+    an object whose manifests (absent: none) is a list of descriptors."""
+    doc = load_json(data, what)
+    if not isinstance(doc, dict):
+        raise BuildError(f"{what}: a referrers index must be a JSON object; refusing")
+    listed = doc.get("manifests")
+    if listed is None:
+        return []
+    if not isinstance(listed, list):
+        raise BuildError(f"{what}: 'manifests' is not a list; refusing")
+    for n, d in enumerate(listed):
+        problem = _descriptor_problem(d)
+        if problem:
+            raise BuildError(f"{what}: manifests[{n}] {problem}; refusing")
+    return listed
 
 
 @dataclass
@@ -59,6 +174,12 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
 
 
+def _origin(url: str) -> tuple[str, str, Optional[int]]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
 REDACTED = "<redacted>"
 # Authorization values however they are quoted back at us: a header line, a JSON or
 # Python dict echo, or a bare "Basic xxx" / "Bearer xxx".
@@ -70,11 +191,16 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")
 class Registry:
     def __init__(self, host: str, insecure: bool = False, auth: Optional[tuple[str, str]] = None,
                  retries: int = 4, backoff: float = 0.25, chunk_size: int = CHUNK,
-                 monolithic_max: int = MONOLITHIC_MAX, sleep: Callable[[float], None] = time.sleep):
+                 monolithic_max: int = MONOLITHIC_MAX, sleep: Callable[[float], None] = time.sleep,
+                 limits: Optional[Limits] = None):
+        if not isinstance(host, str) or not _HOST.fullmatch(host):
+            raise BuildError(f"registry {str(host)[:200]!r}: not a host name or address with an optional :PORT; "
+                             "refusing")
         self.host = host
         self.insecure = insecure
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self.auth = auth
+        self.limits = limits or LIMITS
         self.http = Http(RetryPolicy(retries, backoff, sleep=sleep), timeout=(10, 300))
         self.chunk_size, self.monolithic_max = chunk_size, monolithic_max
         self.tokens: dict[str, str] = {}    # scope -> bearer token
@@ -117,13 +243,52 @@ class Registry:
     def _refuse(self, message: str) -> BuildError:
         return BuildError(self.redact(f"registry {self.host}: {message}"))
 
+    def _own(self, url: str) -> bool:
+        """url is on the registry's own scheme, host and port: the only place our credentials go."""
+        return _origin(url) == _origin(self.base)
+
+    def _label(self, url: str) -> str:
+        # the path on the registry; elsewhere the URL without its query (a signed upload URL's secret)
+        parts = urllib.parse.urlsplit(url)
+        return parts.path if self._own(url) else f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+    def _check_url(self, url: str, what: str) -> str:
+        """A URL the registry named (upload Location, redirect): https, or plain HTTP with --insecure."""
+        parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port
+        except ValueError as exc:
+            raise self._refuse(f"{what} {url[:200]!r} has a bad port; refusing") from exc
+        if parts.scheme == "http" and not self.insecure:
+            raise self._refuse(f"{what} {self._label(url)[:200]} is plain HTTP and the registry is https "
+                               "(plain HTTP only with --insecure); refusing")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self._refuse(f"{what} {url[:200]!r} is not an http(s) URL; refusing")
+        return url
+
+    def _api(self, path: str) -> str:
+        """An API path whose repository name and reference follow the grammar: the one place every
+        path we send goes through (ours, and those diff and verify-image make)."""
+        m = _API_PATH.fullmatch(urllib.parse.urlsplit(path).path)
+        if m is None:
+            raise self._refuse(f"{path[:200]!r} is not a registry API path; refusing")
+        where = f"registry {self.host}"
+        if m["name"] is not None:
+            check_name(m["name"], where)
+        for digest in (m["blob"], m["subject"]):
+            if digest is not None:
+                check_digest(digest, where)
+        if m["ref"] is not None:
+            check_reference(m["ref"], where)
+        return path
+
     def _may_send_password(self, realm: urllib.parse.SplitResult) -> bool:
         # the realm comes from the registry's answer: our password goes there only over TLS,
         # to the registry's own host, or when plain HTTP was asked for (--insecure)
         own = urllib.parse.urlsplit(f"//{self.host}").hostname
         return realm.scheme == "https" or (realm.hostname or "").lower() == (own or "").lower() or self.insecure
 
-    def _login(self, header: str, scope: str) -> None:
+    def _login(self, header: str, scope: str, budget: Budget) -> None:
         scheme, params = _challenge(header)
         if scheme == "basic":
             if not self.auth:
@@ -142,47 +307,68 @@ class Registry:
         q: dict = {"service": params.get("service", "")}
         if scope:
             q["scope"] = scope.split(" ")   # one scope parameter per repository
-        r = self.http.send("GET", realm, self.redact(f"registry {self.host}: token request to {realm}"),
-                           params=q, auth=self.auth, timeout=30)
+        what = self.redact(f"registry {self.host}: token request to {realm}")
+        r = self.http.fetch("GET", realm, what, budget.part(what, self.limits.reply), params=q, auth=self.auth)
         if r.status_code != 200:
             raise self._refuse(f"token request to {realm} failed: HTTP {r.status_code}")
         try:
-            doc = r.json()
-        except (ValueError, RecursionError) as exc:
+            doc = load_json(r.content, "token")
+        except BuildError as exc:
             raise self._refuse(f"token server {realm} answered {r.headers.get('Content-Type', 'something')!r}, "
-                               "not JSON") from exc
+                               f"not JSON we accept ({str(exc).split(': ', 1)[-1]})") from exc
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not _TOKEN.fullmatch(token):
             raise self._refuse(f"token server {realm} gave no usable token")
         self.tokens[scope] = token
 
+    def _budget(self, method: str, url: str, blob: bool) -> Budget:
+        # diff and reproduce read layers whole with GET /v2/NAME/blobs/DIGEST
+        m = _API_PATH.fullmatch(urllib.parse.urlsplit(url).path) if self._own(url) else None
+        reads_blob = method == "GET" and m is not None and m["blob"] is not None
+        return Budget(f"registry {self.host}: {method} {self._label(url)}",
+                      self.limits.blob if reads_blob else self.limits.reply,
+                      self.limits.blob_deadline if blob or reads_blob else self.limits.deadline, task="answer")
+
     def request(self, method: str, url: str, scope: str = "", ok=(200,), data=None, headers=None,
-                allow_redirects=True) -> requests.Response:
-        if not url.startswith("http"):
-            url = self.base + url
-        path = urllib.parse.urlsplit(url).path
+                blob: bool = False) -> Reply:
+        """url: an API path (/v2/..., checked by _api) or an upload URL from _loc. The reply is read
+        whole within Limits; ``blob``: a blob's body goes up, so the blob deadline holds."""
+        url = self.base + self._api(url) if url.startswith("/") else self._check_url(url, "URL")
+        budget = self._budget(method, url, blob)     # each fetch below holds its deadline (watching)
         for authed in (False, True):
-            h = dict(headers or {})
-            h.update(self._authorization(scope))
             body = data() if callable(data) else data
-            self.stats.requests += 1
-            r = self.http.send(method, url, f"registry {self.host}: {method} {path}", data=body, headers=h,
-                               allow_redirects=allow_redirects)
-            if r.status_code == 401 and not authed and "WWW-Authenticate" in r.headers:
-                self._login(r.headers["WWW-Authenticate"], scope)
+            r = self._hops(method, url, scope, lambda u, h, what: self.http.fetch(
+                method, u, what, budget.part(what, budget.limit), data=body, headers={**(headers or {}), **h},
+                allow_redirects=False))
+            if r.status_code == 401 and not authed and "WWW-Authenticate" in r.headers and self._own(r.url):
+                self._login(r.headers["WWW-Authenticate"], scope, budget)
                 continue
             break
         if r.status_code not in ok:
             # redact the whole body before cutting it, so no secret survives half-cut
             detail = self.redact(r.text[:65536])[:300].strip()
-            raise self._refuse(f"{method} {path}: HTTP {r.status_code} {detail}")
+            raise self._refuse(f"{method} {self._label(r.url)}: HTTP {r.status_code} {detail}")
         return r
 
-    def _loc(self, r: requests.Response) -> str:
+    def _hops(self, method: str, url: str, scope: str, send: Callable):
+        """send(url, auth headers, what) for url and, for GET and HEAD, the redirects it answers with:
+        each target checked like an upload Location; Authorization only to the registry's own origin."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self.stats.requests += 1
+            r = send(url, self._authorization(scope) if self._own(url) else {},
+                     f"registry {self.host}: {method} {self._label(url)}")
+            loc = r.headers.get("Location")
+            if r.status_code not in REDIRECTS or method not in ("GET", "HEAD") or not loc:
+                return r
+            r.close()
+            url = self._check_url(urllib.parse.urljoin(url, loc), "redirect to")
+        raise self._refuse(f"{method} {self._label(url)}: more than {MAX_REDIRECTS} redirects; refusing")
+
+    def _loc(self, r: Reply) -> str:
         loc = r.headers.get("Location")
         if not loc:
             raise self._refuse("upload session without a Location")
-        return urllib.parse.urljoin(self.base + "/", loc)
+        return self._check_url(urllib.parse.urljoin(r.url, loc), "upload Location")
 
     @staticmethod
     def _with(loc: str, **params) -> str:
@@ -196,6 +382,8 @@ class Registry:
 
     def mount(self, repo: str, digest: str, source: str) -> Optional[str]:
         """Mount from a sibling repository; None when mounted, else the upload session it opened."""
+        check_name(source, f"registry {self.host}: mount source")
+        check_digest(digest, f"registry {self.host}: mount")
         scope = f"repository:{repo}:pull,push repository:{source}:pull"
         r = self.request("POST", f"/v2/{repo}/blobs/uploads/?" + urllib.parse.urlencode({"mount": digest, "from": source}),
                          scope, ok=(201, 202))
@@ -203,13 +391,14 @@ class Registry:
 
     def upload(self, repo: str, digest: str, size: int, open_blob, session: Optional[str] = None) -> None:
         scope = f"repository:{repo}:pull,push"
+        check_digest(digest, f"registry {self.host}: upload to {repo}")
         loc = session or self._loc(self.request("POST", f"/v2/{repo}/blobs/uploads/", scope, ok=(202,)))
         if size <= self.monolithic_max:
             def body():
                 with open_blob() as fh:
                     return fh.read()
             self.request("PUT", self._with(loc, digest=digest), scope, ok=(201,), data=body,
-                         headers={"Content-Type": "application/octet-stream"})
+                         headers={"Content-Type": "application/octet-stream"}, blob=True)
         else:
             offset = 0
             with open_blob() as fh:
@@ -218,11 +407,11 @@ class Registry:
                     end = offset + len(chunk) - 1
                     r = self.request("PATCH", loc, scope, ok=(202,), data=chunk,
                                      headers={"Content-Type": "application/octet-stream",
-                                              "Content-Range": f"{offset}-{end}"})
+                                              "Content-Range": f"{offset}-{end}"}, blob=True)
                     loc = self._loc(r)
                     offset = end + 1
             self.request("PUT", self._with(loc, digest=digest), scope, ok=(201,),
-                         headers={"Content-Type": "application/octet-stream", "Content-Length": "0"})
+                         headers={"Content-Type": "application/octet-stream", "Content-Length": "0"}, blob=True)
         self.stats.uploaded += 1
         self.stats.uploaded_bytes += size
 
@@ -257,27 +446,33 @@ class Registry:
                          ok=(200, 400, 404, 405, 406), headers={"Accept": INDEX_MT})
         if r.status_code != 200 or not r.headers.get("Content-Type", "").startswith(INDEX_MT):
             return None
-        try:
-            return list(r.json().get("manifests") or [])
-        except ValueError:
-            return None
+        return referrers_index(r.content, f"registry {self.host}: referrers of {repo}@{digest}")
 
     @contextlib.contextmanager
     def open_blob(self, repo: str, digest: str):
-        """A blob as a stream (layers are not held in memory); its digest is checked by the reader."""
+        """A blob as a stream (layers are not held in memory); its digest is checked by the reader,
+        who reads it within the blob deadline."""
+        import requests
+        import urllib3
         scope = f"repository:{repo}:pull"
-        self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope)     # logs in if the registry wants it
-        self.stats.requests += 1
-        r = self.http.send("GET", f"{self.base}/v2/{repo}/blobs/{digest}", f"registry {self.host}: GET blob {digest}",
-                           headers=self._authorization(scope), stream=True)
-        if r.status_code != 200:
-            r.close()
-            raise BuildError(f"registry {self.host}: GET /v2/{repo}/blobs/{digest}: HTTP {r.status_code}")
-        try:
-            r.raw.decode_content = True
-            yield r.raw
-        finally:
-            r.close()
+        path = self._api(f"/v2/{repo}/blobs/{digest}")
+        self.request("HEAD", path, scope)     # logs in if the registry wants it
+        budget = Budget(f"registry {self.host}: GET blob {digest}", None, self.limits.blob_deadline, task="answer")
+        with watching(budget):
+            r = self._hops("GET", self.base + path, scope, lambda u, h, what: self.http.send(
+                "GET", u, what, budget=budget, headers=h, stream=True, allow_redirects=False))
+            if r.status_code != 200:
+                r.close()
+                raise BuildError(f"registry {self.host}: GET {path}: HTTP {r.status_code}")
+            try:
+                r.raw.decode_content = True
+                yield r.raw
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                if budget.left() <= 0:
+                    raise budget.too_slow(0) from exc
+                raise BuildError(f"registry {self.host}: GET {path}: {type(exc).__name__}") from exc
+            finally:
+                r.close()
 
 
 @dataclass(frozen=True)
@@ -285,6 +480,14 @@ class PushTarget:
     name: str                 # image name, e.g. freebsd14.2-minimal
     tags: tuple[str, ...]
     index_digest: str
+
+    def __post_init__(self):
+        # every image publish, nightly and signing handle is one of these: a name or tag outside the
+        # grammar (../evil/img, a/../../tmp/img) is refused here, before any request or file is made
+        what = f"image {self.name[:200]!r}" if isinstance(self.name, str) else "image"
+        check_name(self.name, what)
+        for tag in self.tags:
+            check_tag(tag, what)
 
 
 def foreign_base_names(layout: Layout, targets: list[PushTarget], host: str, namespace: str) -> list[str]:
@@ -326,10 +529,7 @@ def remote_referrers(registry: Registry, repo: str, digest: str) -> tuple[list[d
     raw = registry.get_manifest(repo, referrers_tag(digest))
     if raw is None:
         return [], False
-    try:
-        return list(json.loads(raw).get("manifests") or []), False
-    except ValueError as exc:
-        raise BuildError(f"registry {registry.host}: {repo}:{referrers_tag(digest)} is not a referrers index") from exc
+    return referrers_index(raw, f"registry {registry.host}: {repo}:{referrers_tag(digest)}"), False
 
 
 @dataclass(frozen=True)
@@ -405,6 +605,13 @@ def _signed_provenance(layout: Layout, subject: Descriptor, descs: list[Descript
     return memory_artifact(subject, attest.INTOTO_MT, DSSE_MT, canonical(envelope), ann)
 
 
+def repositories(host: str, namespace: str, targets: list[PushTarget]) -> list[str]:
+    """Each target's repository under namespace, all checked before publish's first request
+    (a bad one found later would stop a publish halfway)."""
+    return [check_name(f"{namespace}/{t.name}" if namespace else t.name, f"registry {host}: repository")
+            for t in targets]
+
+
 def publish(layout: Layout, registry: Registry, namespace: str, targets: list[PushTarget],
             dry_run: bool = False, log=lambda m: None, signing: Optional[SigningPlan] = None) -> PushStats:
     """Push each target's blobs, manifests and index; parents' layers are mounted into children.
@@ -417,8 +624,7 @@ def publish(layout: Layout, registry: Registry, namespace: str, targets: list[Pu
     attached = layout.referrers()
     where: dict[str, str] = {}          # blob digest -> a repository that has it (this run)
     ns = namespace.strip("/")
-    for t in targets:
-        repo = f"{ns}/{t.name}" if ns else t.name
+    for t, repo in zip(targets, repositories(registry.host, ns, targets)):
         index_bytes = layout.read_blob(t.index_digest)
         index = layout.read_json(t.index_digest)
         for m in index["manifests"]:
@@ -471,6 +677,7 @@ def publish(layout: Layout, registry: Registry, namespace: str, targets: list[Pu
 def sign_target(host: str, repo: str, target: PushTarget, index: dict, signing: SigningPlan,
                 stats: Optional[PushStats] = None) -> list:
     """Simple-signing signatures of the index and each platform manifest, one per tag, in the lookaside."""
+    check_name(repo, f"signing {host}/{repo[:200]}")     # a directory name in the lookaside
     written = []
     for digest in [target.index_digest] + [m["digest"] for m in index["manifests"]]:
         written += sign_manifest(signing.signer, signing.verifier, signing.lookaside, host, repo, digest,
@@ -489,6 +696,8 @@ def parse_destination(dest: str) -> tuple[str, str]:
     """``registry.example.org[:port]/namespace`` -> (host, namespace)."""
     dest = re.sub(r"^(docker|https?)://", "", dest).rstrip("/")
     host, _, ns = dest.partition("/")
-    if not host:
+    if not host or not _HOST.fullmatch(host):
         raise BuildError(f"bad registry destination {dest!r}; want HOST[:PORT]/NAMESPACE")
+    if ns:
+        check_name(ns, f"registry destination {dest!r}: namespace")
     return host, ns
