@@ -303,3 +303,24 @@ def test_sigkill_mid_build_leaves_previous_layout_valid(demo_mirror, tmp_path):
     assert main(["gc", str(layout.root)]) == 0
     assert not any(p.name.startswith(".") for p in layout.blobs.iterdir())
     assert reachable_by_hand(layout.root) == {"sha256:" + p.name for p in layout.blobs.iterdir()}
+
+
+@pytest.mark.tools
+def test_a_second_publish_says_nothing_was_pushed(family, registry, capsys):
+    rb, _, _ = family
+    argv = ["publish", str(rb.layout), "--to", f"{registry.host}/twice", "--insecure", "--image", f"freebsd{RELEASE}-static"]
+    assert main(argv) == 0
+    assert f"pushed twice/freebsd{RELEASE}-static:" in capsys.readouterr().err
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"unchanged twice/freebsd{RELEASE}-static:" in err and "pushed " not in err
+
+
+@pytest.mark.tools
+def test_a_plain_http_registry_without_insecure_says_so_at_once(family, registry, capsys):
+    rb, _, _ = family
+    start = time.monotonic()
+    assert main(["publish", str(rb.layout), "--to", f"{registry.host}/tls", "--image", f"freebsd{RELEASE}-static"]) == 2
+    assert time.monotonic() - start < 3          # no retries of an answer that cannot change
+    err = capsys.readouterr().err
+    assert "does not speak TLS" in err and "needs --insecure" in err

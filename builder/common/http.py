@@ -358,6 +358,13 @@ class Http:
             last = attempt >= self.policy.retries
             try:
                 answer = once(budget.timeout(self.timeout))
+            except requests.exceptions.SSLError as exc:
+                # TLS spoken to a plain-HTTP server (or the reverse) fails the same way every time: say
+                # what to do at once instead of retrying
+                if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc).lower():
+                    raise BuildError(f"{describe}: the server does not speak TLS; a local plain-HTTP registry "
+                                     "needs --insecure (or FREEBSD_IMAGES_REGISTRY_INSECURE=1)") from exc
+                raise BuildError(f"{describe}: TLS failed: {type(exc).__name__}") from exc
             except transient as exc:
                 if budget.left() <= 0:
                     raise budget.too_slow(0) from exc

@@ -424,14 +424,16 @@ class Registry:
             return None
         return r.headers.get("Docker-Content-Digest")
 
-    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> None:
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> bool:
+        """Push a manifest under ref unless the registry has exactly it there; whether it was pushed."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if self.manifest_digest(repo, ref) == digest:
             self.stats.manifests_skipped += 1
-            return
+            return False
         self.request("PUT", f"/v2/{repo}/manifests/{ref}", f"repository:{repo}:pull,push", ok=(201,),
                      data=data, headers={"Content-Type": media_type})
         self.stats.manifests += 1
+        return True
 
     # --- reading, and referrers ----------------------------------------------------------------
 
@@ -665,10 +667,9 @@ def publish(layout: Layout, registry: Registry, namespace: str, targets: list[Pu
             if signing:
                 log(f"would sign {repo}:{','.join(t.tags)} into {signing.lookaside}")
             continue
-        registry.put_manifest(repo, t.index_digest, index_bytes, INDEX_MT)
-        for tag in t.tags:
-            registry.put_manifest(repo, tag, index_bytes, INDEX_MT)
-        log(f"pushed {repo}:{','.join(t.tags)} -> {t.index_digest}")
+        pushed = [registry.put_manifest(repo, ref, index_bytes, INDEX_MT) for ref in (t.index_digest, *t.tags)]
+        # say what happened: a second publish of the same layout pushes nothing
+        log(f"{'pushed' if any(pushed) else 'unchanged'} {repo}:{','.join(t.tags)} -> {t.index_digest}")
         if signing:
             sign_target(registry.host, repo, t, index, signing, stats)
     return stats
