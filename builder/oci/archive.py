@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +25,7 @@ from builder.common.atomic import atomic_output, atomic_write_bytes
 from builder.config.release import Release
 from builder.errors import BuildError
 from builder.oci.release import ReleaseBuild
-from builder.oci.layout import INDEX_MT, LAYOUT_FILE, REF_NAME, Layout
+from builder.oci.layout import INDEX_MT, JSON_LIMIT, LAYOUT_FILE, MANIFEST_MT, REF_NAME, Layout
 
 # FreeBSD names release files TARGET-TARGET_ARCH when the two differ
 ARCH_NAME = {"amd64": "amd64", "aarch64": "arm64-aarch64", "riscv64": "riscv-riscv64",
@@ -44,10 +45,14 @@ def archive_name(release: Release, arch: str, flavour: str) -> str:
 
 def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: int, dest: Path,
                         annotations: Optional[dict] = None) -> None:
-    """``annotations`` go on the descriptor in the archive's index.json (besides the ref name)."""
-    man_bytes = layout.read_blob(manifest_digest)
-    man = json.loads(man_bytes)
-    desc = {"mediaType": man["mediaType"], "digest": manifest_digest, "size": len(man_bytes),
+    """``annotations`` go on the descriptor in the archive's index.json (besides the ref name).
+
+    Blobs are opened as regular files only (never a symlink or FIFO) and checked against their
+    digests as they stream into the archive: a damaged layout makes no archive.
+    """
+    man_bytes = layout.read_blob(manifest_digest, JSON_LIMIT)
+    man = layout.read_manifest(manifest_digest)
+    desc = {"mediaType": man.get("mediaType", MANIFEST_MT), "digest": manifest_digest, "size": len(man_bytes),
             "annotations": dict(annotations or {}, **{REF_NAME: ref})}
     index = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": [desc]},
                        sort_keys=True, indent=2).encode() + b"\n"
@@ -59,10 +64,12 @@ def write_image_archive(layout: Layout, manifest_digest: str, ref: str, epoch: i
             tar.addfile(tarutil.info("blobs", "dir", mode=0o755, **meta))
             tar.addfile(tarutil.info("blobs/sha256", "dir", mode=0o755, **meta))
             for d in blobs:
-                path = layout.blob_path(d)
-                with open(path, "rb") as fh:
-                    tar.addfile(tarutil.info(f"blobs/sha256/{path.name}", "file", size=path.stat().st_size,
+                with layout.open_blob(d) as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    tar.addfile(tarutil.info(f"blobs/sha256/{d.split(':', 1)[1]}", "file", size=size,
                                              mode=0o644, **meta), fh)
+                    if fh.verify() != size:
+                        raise BuildError(f"{layout.blob_path(d)}: changed size while it was archived; refusing")
             tar.addfile(tarutil.info("index.json", "file", size=len(index), mode=0o644, **meta), io.BytesIO(index))
             tar.addfile(tarutil.info("oci-layout", "file", size=len(LAYOUT_FILE), mode=0o644, **meta),
                         io.BytesIO(LAYOUT_FILE))

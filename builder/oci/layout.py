@@ -4,17 +4,26 @@ Blobs are written to a temporary file beside their final name and renamed
 once complete, so a blob's name always matches its content; ``index.json`` is
 replaced atomically and last, so an interrupted build leaves the previous
 layout as it was (plus, at worst, unreferenced blobs that ``gc`` removes).
+
+A layout is also hostile input (a CI artifact, an unpacked archive): its files are opened
+as regular files only, without following a last symlink and without blocking on a FIFO;
+sizes are checked before anything is read whole; blobs read, streamed or copied are checked
+against their names; index.json and manifests are checked for shape, so garbage is a
+refusal naming the file, never a crash.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
-from builder.common.hashing import file_digest
 from builder.common.atomic import atomic_write_bytes, pending, write_if_changed
 from builder.common.hashing import HashingWriter
 from builder.errors import BuildError
@@ -26,11 +35,137 @@ REF_NAME = "org.opencontainers.image.ref.name"
 EMPTY_MT = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"      # the image-spec's empty descriptor content: config of artifact manifests
 LAYOUT_FILE = b'{"imageLayoutVersion":"1.0.0"}'
+# what the walk descends into (a registry copy may hold Docker's types)
+INDEX_TYPES = frozenset({INDEX_MT, "application/vnd.docker.distribution.manifest.list.v2+json"})
+MANIFEST_TYPES = frozenset({MANIFEST_MT, "application/vnd.docker.distribution.manifest.v2+json"})
+JSON_LIMIT = 4 << 20        # index.json, indexes, manifests, configs: ours are a few KiB
+DOCUMENT_LIMIT = 16 << 20   # any other blob read whole (SBOM, provenance, recipe): ours are well under 1 MiB
+_HEX = frozenset("0123456789abcdef")
 
 
 def canonical(doc: Any) -> bytes:
     """JSON as we write every OCI document: sorted keys, no spaces, UTF-8."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# --- hostile files ---------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return name
+    return "of an unknown type"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """A regular file open for reading; a symlink (last component), FIFO, device or directory is refused.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer. FileNotFoundError passes through (missing
+    is the caller's case).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise BuildError(f"{path}: {why}, not a regular file; refusing") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BuildError(f"{path}: {_kind(mode)}, not a regular file; refusing")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, its size checked before reading; never more than ``limit`` bytes read
+    (/proc files say size 0 and then give more)."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = fh.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise BuildError(f"{path}: over the limit of {limit} bytes; refusing")
+    return data
+
+
+def parse_document(data: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise BuildError(f"{what}: not JSON ({type(exc).__name__}); refusing") from exc
+    if not isinstance(doc, dict):
+        raise BuildError(f"{what}: not a JSON object; refusing")
+    return doc
+
+
+def valid_digest(digest: object) -> bool:
+    if not isinstance(digest, str):
+        return False
+    algo, _, hexd = digest.partition(":")
+    return algo == "sha256" and len(hexd) == 64 and set(hexd) <= _HEX
+
+
+def _strings(value: object, lists: bool = False) -> bool:
+    """An object of strings; with ``lists``, (os.)features may be lists of strings (the image-spec's platform)."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and (isinstance(v, str) or lists and k.endswith("features") and isinstance(v, list)
+                                and all(isinstance(x, str) for x in v))
+        for k, v in value.items())
+
+
+def _check_annotations(doc: dict, what: str) -> None:
+    if doc.get("annotations") is not None and not _strings(doc["annotations"]):
+        raise BuildError(f"{what}: 'annotations' is not an object of strings; refusing")
+
+
+def descriptor_problem(d: object) -> str:
+    """Why d is not a descriptor this code can use, or "" (image-spec: string mediaType and digest, int size)."""
+    if not isinstance(d, dict):
+        return "not an object"
+    if not isinstance(d.get("mediaType"), str):
+        return "'mediaType' is not a string"
+    if not valid_digest(d.get("digest")):
+        return f"'digest' {str(d.get('digest'))[:80]!r} is not sha256:<64 hex digits>"
+    if type(d.get("size")) is not int or d["size"] < 0:
+        return "'size' is not a non-negative integer"
+    if d.get("annotations") is not None and not _strings(d["annotations"]):
+        return "'annotations' is not an object of strings"
+    if d.get("platform") is not None and not _strings(d["platform"], lists=True):
+        return "'platform' is not an object of strings"
+    if d.get("artifactType") is not None and not isinstance(d["artifactType"], str):
+        return "'artifactType' is not a string"
+    return ""
+
+
+def descriptors(doc: dict, key: str, what: str) -> list[dict]:
+    """doc[key] as a list of descriptors, each checked; refused, naming what and the entry, otherwise."""
+    items = doc.get(key)
+    if not isinstance(items, list):
+        raise BuildError(f"{what}: {key!r} is not a list of descriptors; refusing")
+    for i, d in enumerate(items):
+        why = descriptor_problem(d)
+        if why:
+            raise BuildError(f"{what}: {key}[{i}]: {why}; refusing")
+    return items
+
+
+def check_manifest(doc: dict, what: str) -> dict:
+    """An image (or artifact) manifest: a config descriptor and a list of layer descriptors."""
+    why = descriptor_problem(doc.get("config"))
+    if why:
+        raise BuildError(f"{what}: config: {why}; refusing")
+    descriptors(doc, "layers", what)
+    _check_annotations(doc, what)
+    return doc
+
+
+def check_index(doc: dict, what: str) -> dict:
+    """An image index (or index.json): a list of manifest descriptors."""
+    descriptors(doc, "manifests", what)
+    _check_annotations(doc, what)
+    return doc
 
 
 @dataclass(frozen=True)
@@ -39,7 +174,7 @@ class Descriptor:
     digest: str
     size: int
     annotations: tuple[tuple[str, str], ...] = ()
-    platform: Optional[tuple[tuple[str, str], ...]] = None
+    platform: Optional[tuple[tuple[str, Any], ...]] = None
     artifact_type: Optional[str] = None     # set on descriptors of artifact manifests (referrers)
 
     def to_json(self) -> dict:
@@ -47,17 +182,65 @@ class Descriptor:
         if self.artifact_type:
             d["artifactType"] = self.artifact_type
         if self.platform:
-            d["platform"] = dict(self.platform)
+            d["platform"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.platform}
         if self.annotations:
             d["annotations"] = dict(self.annotations)
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Descriptor":
-        return cls(d["mediaType"], d["digest"], int(d["size"]),
-                   tuple(sorted((d.get("annotations") or {}).items())),
-                   tuple(sorted(d["platform"].items())) if d.get("platform") else None,
+        """d must have passed descriptor_problem (index.json and documents read here have)."""
+        # list values (os.features) become tuples: a frozen descriptor stays hashable
+        plat = d.get("platform")
+        return cls(d["mediaType"], d["digest"], int(d["size"]), tuple(sorted((d.get("annotations") or {}).items())),
+                   tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in plat.items())) if plat else None,
                    d.get("artifactType"))
+
+
+class BlobReader(io.RawIOBase):
+    """A blob's bytes as they stream by, hashed: reaching the end checks them against the blob's name,
+    so whoever reads a blob to its end never takes wrong bytes for the digest's. ``verify`` reads the rest."""
+
+    def __init__(self, fh: BinaryIO, digest: str, path: Path):
+        super().__init__()
+        self._fh, self._digest, self._path = fh, digest, path
+        self._h = hashlib.sha256()
+        self._n = 0
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def readinto(self, b) -> int:
+        n = self._fh.readinto(b)
+        if n:
+            self._h.update(memoryview(b)[:n])
+            self._n += n
+        elif len(b):
+            self._check()
+        return n
+
+    def _check(self) -> None:
+        got = "sha256:" + self._h.hexdigest()
+        if got != self._digest:
+            raise BuildError(f"{self._path}: blob {self._digest} does not match its digest (its bytes hash to "
+                             f"{got}); refusing")
+        self._checked = True
+
+    def verify(self) -> int:
+        """Read to the end and check; the blob's size."""
+        while self.read(1 << 20):
+            pass
+        if not self._checked:
+            self._check()
+        return self._n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 class Layout:
@@ -77,13 +260,16 @@ class Layout:
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     def blob_path(self, digest: str) -> Path:
-        algo, _, hexd = digest.partition(":")
-        if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-            raise BuildError(f"{self.root}: bad digest {digest!r}")
-        return self.blobs / hexd
+        if not valid_digest(digest):
+            raise BuildError(f"{self.root}: bad digest {str(digest)[:80]!r}")
+        return self.blobs / digest.partition(":")[2]
 
     def has_blob(self, digest: str) -> bool:
-        return self.blob_path(digest).is_file()
+        """A regular file by that name (a symlink or FIFO there is not a blob, and is replaced when written)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.blob_path(digest)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -101,25 +287,23 @@ class Layout:
         with pending(self.blobs, ".blob.") as p:
             fh = HashingWriter(p.fh)
             result = write(fh)
-            final = self.blob_path(fh.digest)
-            if not final.exists():
-                p.commit(final)
+            if not self.has_blob(fh.digest):
+                p.commit(self.blob_path(fh.digest))
                 self.written += 1
             return result, fh.digest, fh.n
 
     def verify_blob(self, digest: str, size: int) -> bool:
-        """The blob exists with that size and its bytes hash to its name."""
-        path = self.blob_path(digest)
+        """The blob exists, a regular file of that size, and its bytes hash to its name."""
         try:
-            if path.stat().st_size != size:
-                return False
-            return "sha256:" + file_digest(path) == digest
-        except FileNotFoundError:
+            with self.open_blob(digest) as fh:
+                return os.fstat(fh.fileno()).st_size == size and fh.verify() == size
+        except BuildError:
             return False
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: str, limit: int = DOCUMENT_LIMIT) -> bytes:
+        path = self.blob_path(digest)
         try:
-            data = self.blob_path(digest).read_bytes()
+            data = read_regular(path, limit)
         except FileNotFoundError as exc:
             raise BuildError(f"{self.root}: blob {digest} is missing") from exc
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
@@ -127,27 +311,38 @@ class Layout:
         return data
 
     def read_json(self, digest: str) -> dict:
-        try:
-            return json.loads(self.read_blob(digest))
-        except (ValueError, RecursionError) as exc:
-            raise BuildError(f"{self.root}: blob {digest} is not JSON ({type(exc).__name__})") from exc
+        """A JSON object blob (index, manifest, config), bounded by JSON_LIMIT."""
+        return parse_document(self.read_blob(digest, JSON_LIMIT), f"{self.root}: blob {digest}")
+
+    def read_manifest(self, digest: str) -> dict:
+        return check_manifest(self.read_json(digest), f"{self.root}: manifest {digest}")
+
+    def read_index(self, digest: str) -> dict:
+        return check_index(self.read_json(digest), f"{self.root}: index {digest}")
 
     @contextlib.contextmanager
-    def open_blob(self, digest: str) -> Iterator[BinaryIO]:
-        with open(self.blob_path(digest), "rb") as fh:
-            yield fh
+    def open_blob(self, digest: str) -> Iterator[BlobReader]:
+        """The blob streamed, checked against its digest when read to the end (BlobReader)."""
+        path = self.blob_path(digest)
+        try:
+            fh = open_regular(path)
+        except FileNotFoundError as exc:
+            raise BuildError(f"{self.root}: blob {digest} is missing") from exc
+        with BlobReader(fh, digest, path) as reader:
+            yield reader
 
     def index(self) -> dict:
+        """index.json, checked: an object whose ``manifests`` is a list of descriptors."""
+        path = self.root / "index.json"
         try:
-            return json.loads((self.root / "index.json").read_bytes())
+            data = read_regular(path, JSON_LIMIT)
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": INDEX_MT, "manifests": []}
-        except json.JSONDecodeError as exc:
-            raise BuildError(f"{self.root}/index.json: not JSON: {exc}") from exc
+        return check_index(parse_document(data, str(path)), str(path))
 
     def refs(self) -> dict[str, Descriptor]:
         out = {}
-        for d in self.index().get("manifests", []):
+        for d in self.index()["manifests"]:
             name = (d.get("annotations") or {}).get(REF_NAME)
             if name:
                 out[name] = Descriptor.from_json(d)
@@ -163,7 +358,7 @@ class Layout:
         any more are dropped.
         """
         current = self.index()
-        entries = [d for d in current.get("manifests", [])
+        entries = [d for d in current["manifests"]
                    if keep_others and (d.get("annotations") or {}).get(REF_NAME) not in refs]
         for name, desc in refs.items():
             ann = dict(desc.annotations)
@@ -190,84 +385,119 @@ class Layout:
         data = json.dumps(doc, sort_keys=True, indent=2).encode() + b"\n"
         return write_if_changed(self.root / "index.json", data)
 
+    def _document(self, digest: str) -> Optional[dict]:
+        """A reached index or manifest: None when absent (a partial layout); refused when unreadable."""
+        try:
+            os.lstat(self.blob_path(digest))
+        except FileNotFoundError:
+            return None
+        return self.read_json(digest)
+
     def _subject_of(self, entry: dict) -> Optional[str]:
         """The subject digest of an unnamed index.json entry that is a referrer, else None."""
         if REF_NAME in (entry.get("annotations") or {}) or entry.get("mediaType") != MANIFEST_MT:
             return None
-        if not self.has_blob(entry["digest"]):
-            return None
-        try:
-            doc = self.read_json(entry["digest"])
-        except (ValueError, BuildError):
-            return None
-        subject = doc.get("subject") if isinstance(doc, dict) else None
-        return subject.get("digest") if isinstance(subject, dict) else None
+        doc = self._document(entry["digest"])
+        subject = doc.get("subject") if doc is not None else None
+        digest = subject.get("digest") if isinstance(subject, dict) else None
+        return digest if valid_digest(digest) else None
 
     def referrers(self) -> dict[str, list[Descriptor]]:
         """Subject digest -> the artifact manifests (SBOM, provenance ...) listed for it in index.json."""
         out: dict[str, list[Descriptor]] = {}
-        for d in self.index().get("manifests", []):
+        for d in self.index()["manifests"]:
             subject = self._subject_of(d)
             if subject:
                 out.setdefault(subject, []).append(Descriptor.from_json(d))
         return out
 
+    def reachable(self, entries: list[dict]) -> set[str]:
+        """Every digest index.json entries (checked descriptors) reach, their live referrers' included."""
+        return self._walk(entries)[0]
+
     def _walk(self, entries: list[dict]) -> tuple[set[str], set[str]]:
         """(every digest reached, the digests of referrers' live subjects) from index.json entries.
 
         Named entries and unnamed non-referrers are roots; a referrer counts only while its
-        subject is reached, so an image's SBOM goes when the image does.
+        subject is reached, so an image's SBOM goes when the image does. The walk goes by
+        descriptors' media types: layers are never opened.
         """
         seen: set[str] = set()
-        pending = {d["digest"]: s for d in entries if (s := self._subject_of(d))}
-        stack = [d["digest"] for d in entries if d["digest"] not in pending]
+        media = {d["digest"]: d["mediaType"] for d in entries}
+        waiting = {d["digest"]: s for d in entries if (s := self._subject_of(d))}
+        stack = [(d["digest"], d["mediaType"]) for d in entries if d["digest"] not in waiting]
         while True:
             while stack:
-                dg = stack.pop()
+                dg, mt = stack.pop()
                 if dg in seen:
                     continue
                 seen.add(dg)
-                stack += self._children(dg)
-            ready = [dg for dg, subject in pending.items() if subject in seen]
+                stack += self._children(dg, mt)
+            ready = [dg for dg, subject in waiting.items() if subject in seen]
             if not ready:
                 break
             for dg in ready:
-                del pending[dg]
-                stack.append(dg)
+                del waiting[dg]
+                stack.append((dg, media[dg]))
         live = {s for d in entries if (s := self._subject_of(d)) and s in seen}
         return seen, live
 
-    def _children(self, dg: str) -> list[str]:
-        if not self.has_blob(dg):
+    def _children(self, dg: str, media_type: str) -> list[tuple[str, str]]:
+        if media_type not in INDEX_TYPES and media_type not in MANIFEST_TYPES:
             return []
-        with open(self.blob_path(dg), "rb") as fh:
-            head = fh.read(1)
-        if head != b"{":
+        doc = self._document(dg)
+        if doc is None:
             return []
+        if media_type in INDEX_TYPES:
+            found = check_index(doc, f"{self.root}: index {dg}")["manifests"]
+        else:
+            found = [check_manifest(doc, f"{self.root}: manifest {dg}")["config"]] + doc["layers"]
+        return [(d["digest"], d["mediaType"]) for d in found]
+
+    @contextlib.contextmanager
+    def blob_dir(self) -> Iterator[Optional[int]]:
+        """blobs/sha256 opened as a directory (None when absent): refused when blobs or blobs/sha256 is a
+        symlink or not a directory, so that nothing is written or deleted outside the layout through it."""
+        fds: list[int] = []
         try:
-            doc = self.read_json(dg)
-        except (ValueError, BuildError):
-            return []
-        mt = doc.get("mediaType")
-        if mt == INDEX_MT or "manifests" in doc:
-            return [m["digest"] for m in doc.get("manifests", [])]
-        if mt == MANIFEST_MT or "layers" in doc:
-            return [doc["config"]["digest"]] + [l["digest"] for l in doc.get("layers", [])]
-        return []
+            at = None
+            for name, part in (("blobs", self.root / "blobs"), ("blobs/sha256", "sha256")):
+                try:
+                    fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at))
+                except FileNotFoundError:
+                    yield None
+                    return
+                except OSError as exc:
+                    mode = os.lstat(part, dir_fd=at).st_mode
+                    raise BuildError(f"{self.root}: {name} is {_kind(mode)}, not a directory of the layout; "
+                                     "refusing") from exc
+                at = fds[-1]
+            yield at
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def gc(self, dry_run: bool = False) -> list[str]:
-        """Remove blobs no ref reaches (and leftovers of interrupted writes), and referrers of gone images."""
-        entries = self.index().get("manifests", [])
-        reached, live = self._walk(entries)
-        kept = [d for d in entries if self._subject_of(d) in (None, *live)]
-        keep = {d.split(":", 1)[1] for d in reached}
-        if not dry_run and len(kept) != len(entries):
-            # index.json first: it must never name a blob that is gone
-            self._write_index(kept)
-        gone = []
-        for p in sorted(self.blobs.iterdir()) if self.blobs.exists() else []:
-            if p.name not in keep:
-                gone.append(p.name)
-                if not dry_run:
-                    p.unlink()
-        return gone
+        """Remove blobs no ref reaches (and leftovers of interrupted writes), and referrers of gone images.
+
+        Only regular files named by a digest (or named as our temporary files are) are removed, from
+        the blobs directory opened without following symlinks.
+        """
+        with self.blob_dir() as fd:
+            entries = self.index()["manifests"]
+            reached, live = self._walk(entries)
+            kept = [d for d in entries if self._subject_of(d) in (None, *live)]
+            keep = {d.split(":", 1)[1] for d in reached}
+            if not dry_run and len(kept) != len(entries):
+                # index.json first: it must never name a blob that is gone
+                self._write_index(kept)
+            gone = []
+            with os.scandir(fd) if fd is not None else contextlib.nullcontext([]) as listing:
+                names = sorted(e.name for e in listing if e.is_file(follow_symlinks=False))
+            for name in names:
+                ours = valid_digest("sha256:" + name) or (name.startswith(".") and name.endswith(".tmp"))
+                if ours and name not in keep:
+                    gone.append(name)
+                    if not dry_run:
+                        os.unlink(name, dir_fd=fd)
+            return gone

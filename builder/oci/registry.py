@@ -498,8 +498,8 @@ def foreign_base_names(layout: Layout, targets: list[PushTarget], host: str, nam
     prefix = f"{host}/{namespace}/" if namespace else f"{host}/"
     out = set()
     for t in targets:
-        for d in layout.read_json(t.index_digest).get("manifests", []):
-            name = (layout.read_json(d["digest"]).get("annotations") or {}).get("org.opencontainers.image.base.name")
+        for d in layout.read_index(t.index_digest).get("manifests", []):
+            name = (layout.read_manifest(d["digest"]).get("annotations") or {}).get("org.opencontainers.image.base.name")
             if name and not name.startswith(prefix):
                 out.add(name)
     return sorted(out)
@@ -543,7 +543,7 @@ class Artifact:
 
 
 def layout_artifact(layout: Layout, desc: Descriptor) -> Artifact:
-    man = layout.read_json(desc.digest)
+    man = layout.read_manifest(desc.digest)
     blobs = {b["digest"]: (b["size"], lambda d=b["digest"]: layout.open_blob(d)) for b in [man["config"]] + man["layers"]}
     return Artifact(layout.read_blob(desc.digest), desc, blobs)
 
@@ -628,10 +628,10 @@ def publish(layout: Layout, registry: Registry, namespace: str, targets: list[Pu
     ns = namespace.strip("/")
     for t, repo in zip(targets, repositories(registry.host, ns, targets)):
         index_bytes = layout.read_blob(t.index_digest)
-        index = layout.read_json(t.index_digest)
+        index = layout.read_index(t.index_digest)
         for m in index["manifests"]:
             man_bytes = layout.read_blob(m["digest"])
-            man = layout.read_json(m["digest"])
+            man = layout.read_manifest(m["digest"])
             for blob in [man["config"]] + man["layers"]:
                 d, size = blob["digest"], blob["size"]
                 if dry_run:

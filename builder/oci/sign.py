@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Optional
 from builder import __version__
 from builder.common.atomic import atomic_write_bytes
 from builder.errors import BuildError
+from builder.oci.layout import read_regular
 
 SIGNATURE_TYPE = "atomic container signature"
 DSSE_MT = "application/vnd.dsse.envelope.v1+json"
@@ -45,10 +47,24 @@ DSSE_SCHEME = "org.freebsd.images.dsse.signature"
 DSSE_SCHEME_VALUE = "openpgp-detached-binary"
 PASSPHRASE_ENV = "FREEBSD_IMAGES_SIGN_PASSPHRASE"
 CREATOR = f"freebsd-images {__version__} (gpg)"
+# Signatures are hostile input (a lookaside directory, an image's DSSE envelope): a simple-signing
+# signature or a detached one is a few hundred bytes, and its payload a few hundred more. A small
+# signature can still be a compressed packet that expands to gigabytes, so gpg's output is read
+# with a bound too, and gpg stopped beyond it.
+SIGNATURE_LIMIT = 64 << 10      # bytes of one signature handed to gpg
+MAX_SIGNATURES = 64             # signature-N files read for one manifest
+PAYLOAD_LIMIT = 64 << 10        # bytes of a signed message's payload
+OUTPUT_LIMIT = 16 << 20         # gpg's output otherwise (exported keys, key listings, signatures we make)
+STATUS_LIMIT = 1 << 20          # of gpg's status file
+ERROR_TAIL = 64 << 10           # of gpg's stderr, kept for the message
 
 
 class SignatureError(BuildError):
     """A signature that does not verify; the message says why."""
+
+
+class OutputLimit(BuildError):
+    """gpg wrote more than it was allowed to: a refusal, not a signature that fails to verify."""
 
 
 class Gpg:
@@ -83,8 +99,9 @@ class Gpg:
         self.close()
 
     def run(self, args: list[str], data: bytes = b"", passphrase: Optional[str] = None,
-            what: str = "gpg") -> tuple[bytes, list[list[str]]]:
-        """gpg with our home; (stdout, status lines split into fields). Raises with gpg's own words."""
+            what: str = "gpg", limit: int = OUTPUT_LIMIT) -> tuple[bytes, list[list[str]]]:
+        """gpg with our home; (stdout, status lines split into fields). Raises with gpg's own words,
+        or when gpg writes more than ``limit`` bytes (it is stopped then)."""
         with tempfile.NamedTemporaryFile(dir=self.home, prefix=".status.") as status:
             argv = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", "--yes",
                     "--status-file", status.name]
@@ -103,13 +120,14 @@ class Gpg:
                     os.write(wfd, passphrase.encode() + b"\n")
                     os.close(wfd)
                     wfd = None
-                out, err = proc.communicate(data)
+                out, err = _communicate(proc, data, limit, what)
             finally:
                 for fd in (rfd, wfd):
                     if fd is not None:
                         os.close(fd)
-            lines = [l.split()[1:] for l in Path(status.name).read_text(errors="replace").splitlines()
-                     if l.startswith("[GNUPG:] ")]
+            with open(status.name, "rb") as fh:
+                text = fh.read(STATUS_LIMIT).decode(errors="replace")
+            lines = [l.split()[1:] for l in text.splitlines() if l.startswith("[GNUPG:] ")]
         if proc.returncode != 0:
             said = [l.strip() for l in err.decode(errors="replace").splitlines() if l.strip()]
             raise BuildError(f"{what}: gpg failed (exit {proc.returncode}): {'; '.join(said[-2:])[-500:]}")
@@ -144,6 +162,44 @@ class Gpg:
                 fprs.append(f[9])
                 primary = False
         return fprs
+
+
+def _communicate(proc: subprocess.Popen, data: bytes, limit: int, what: str) -> tuple[bytes, bytes]:
+    """(stdout, the tail of stderr) of gpg fed data; killed, and refused, once stdout passes limit."""
+    err = bytearray()
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(data)
+        except OSError:
+            pass                    # gpg stopped reading (killed, or it failed): its exit says why
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def drain() -> None:
+        while chunk := proc.stderr.read(1 << 16):
+            err.extend(chunk)
+            del err[:-ERROR_TAIL]
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (feed, drain)]
+    for t in threads:
+        t.start()
+    out = bytearray()
+    while chunk := proc.stdout.read(1 << 16):
+        out += chunk
+        if len(out) > limit:
+            proc.kill()
+            break
+    proc.stdout.close()
+    proc.wait()
+    for t in threads:
+        t.join()
+    if len(out) > limit:
+        raise OutputLimit(f"{what}: gpg's output is over the limit of {limit} bytes; refusing")
+    return bytes(out), bytes(err)
 
 
 class _HoldsGpg:
@@ -237,13 +293,17 @@ class Verifier(_HoldsGpg):
 
     def open_signed(self, blob: bytes, what: str) -> tuple[bytes, str]:
         """The payload of a signed message and its signer's fingerprint, once the signature verifies."""
+        _check_size(signature=blob, what=what)
         try:
-            out, status = self.gpg.run(["--trust-model", "always", "--decrypt"], blob, what=what)
+            out, status = self.gpg.run(["--trust-model", "always", "--decrypt"], blob, what=what, limit=PAYLOAD_LIMIT)
+        except OutputLimit:
+            raise
         except BuildError as exc:
             raise SignatureError(f"{what}: signature does not verify: {exc}") from exc
         return out, self._check(status, what)
 
     def verify_detached(self, data: bytes, signature: bytes, what: str) -> str:
+        _check_size(signature=signature, what=what)
         with tempfile.TemporaryDirectory() as d:
             sig, dat = Path(d) / "sig", Path(d) / "data"
             sig.write_bytes(signature)
@@ -253,6 +313,13 @@ class Verifier(_HoldsGpg):
             except BuildError as exc:
                 raise SignatureError(f"{what}: signature does not verify: {exc}") from exc
         return self._check(status, what)
+
+
+def _check_size(signature: bytes, what: str) -> None:
+    if len(signature) > SIGNATURE_LIMIT:
+        # a refusal (exit 2), not a signature that fails to verify: gpg never sees it
+        raise BuildError(f"{what}: {len(signature)} bytes, over the limit of {SIGNATURE_LIMIT} for a signature; "
+                         "refusing")
 
 
 # --- simple signing ------------------------------------------------------------------------
@@ -290,12 +357,24 @@ def lookaside_dir(lookaside: Path, repository: str, digest: str) -> Path:
 
 
 def read_signatures(lookaside: Path, repository: str, digest: str) -> list[bytes]:
-    """signature-1, -2, ... up to the first missing one (as containers/image reads them)."""
+    """signature-1, -2, ... up to the first missing one (as containers/image reads them).
+
+    Each a regular file (not a link, FIFO or device) of at most SIGNATURE_LIMIT bytes, checked
+    before it is read; at most MAX_SIGNATURES of them. Anything else is refused, naming the file.
+    """
     d = lookaside_dir(lookaside, repository, digest)
     out = []
-    while (d / f"signature-{len(out) + 1}").is_file():
-        out.append((d / f"signature-{len(out) + 1}").read_bytes())
-    return out
+    while True:
+        path = d / f"signature-{len(out) + 1}"
+        try:
+            data = read_regular(path, SIGNATURE_LIMIT)
+        except FileNotFoundError:
+            return out
+        except BuildError as exc:
+            raise BuildError(f"signature {exc}") from exc
+        if len(out) == MAX_SIGNATURES:
+            raise BuildError(f"{d}: over {MAX_SIGNATURES} signatures; refusing")
+        out.append(data)
 
 
 def sign_manifest(signer: Signer, verifier: Verifier, lookaside: Path, host: str, repository: str,

@@ -26,10 +26,17 @@ from builder.install import bdb
 from builder.errors import BuildError
 from builder.common.compress import decompressing
 from builder.install.pkgdb import read_rows, user_version
-from builder.oci.layout import INDEX_MT, Descriptor, Layout
+from builder.oci.layout import INDEX_MT, Descriptor, Layout, open_regular, valid_digest
 
 TEXT_DIFF_LINES = 40
 CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this
+CONTENT_TOTAL = 64 << 20   # and all of one layer's together (beyond: compared by hash only)
+MAX_ENTRIES = 1 << 18      # entries of one layer compared (a base system has ~20 000); more is refused
+SQLITE_ROWS = 200_000      # rows of a database diffed row by row (local.sqlite has ~10 000)
+# A release archive is unpacked for diff: its blobs are compressed already, so the tar in the .txz is
+# about as big as the .txz; more than UNPACK_RATIO times its size (and UNPACK_FLOOR) is refused.
+UNPACK_RATIO = 4
+UNPACK_FLOOR = 64 << 20
 MAX_REFERRERS = 64         # referrers of one manifest brought from a registry
 PKGDB = "var/db/pkg/local.sqlite"
 DB_SUFFIX = ".db"
@@ -90,30 +97,60 @@ def open_source(spec: str, insecure: bool = False, referrers: bool = False) -> S
         cut = next((i for i, c in enumerate(spec) if c == ":" and Path(spec[:i]).is_dir()), None)
         if cut is not None:
             p, ref = Path(spec[:cut]), spec[cut + 1:]
-    if not (p / "index.json").is_file():
+    # lexists: an index.json that is a FIFO or a link is refused by Layout, naming why
+    if not os.path.lexists(p / "index.json"):
         raise BuildError(f"{spec}: not an OCI layout, release archive or docker:// reference")
     return Source(spec, Layout(p), ref)
 
 
+def _archive_target(name: str) -> Optional[str]:
+    """Where a member of an OCI archive goes in the unpacked layout, or None: nothing else is written."""
+    name = name[2:] if name.startswith("./") else name
+    if name in ("oci-layout", "index.json", "blobs", "blobs/sha256"):
+        return name
+    if name.startswith("blobs/sha256/") and valid_digest("sha256:" + name[len("blobs/sha256/"):]):
+        return name
+    return None
+
+
 def _from_archive(path: Path) -> Source:
+    """A release archive unpacked to a temporary layout: only its layout's regular files and directories,
+    the decompressed stream bounded (UNPACK_RATIO), so TMPDIR never takes more than that."""
+    label = str(path)
+    path = path.resolve()     # the user's link is followed; what it names must be a regular file
     tmp = tempfile.mkdtemp(prefix="freebsd-images-diff.")
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                name = m.name.lstrip("./")
-                if not (m.isfile() or m.isdir()) or ".." in name.split("/"):
-                    continue
-                dest = Path(tmp) / name
-                if m.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-    except (tarfile.TarError, lzma.LZMAError, OSError) as exc:
+        with open_regular(path) as raw:
+            limit = max(UNPACK_FLOOR, UNPACK_RATIO * os.fstat(raw.fileno()).st_size)
+            try:
+                stream, _ = decompressing(raw, f"{path}", limit)
+            except BuildError as exc:
+                raise BuildError(f"{path}: {exc}") from exc
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for m in tar:
+                    _unpack_member(path, tar, m, Path(tmp))
+    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(f"{path}: cannot read archive: {exc}") from exc
-    return Source(str(path), Layout(Path(tmp)), None, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Source(label, Layout(Path(tmp)), None, tmp)
+
+
+def _unpack_member(path: Path, tar: tarfile.TarFile, m: tarfile.TarInfo, root: Path) -> None:
+    name = _archive_target(m.name)
+    if name is None:
+        return                  # not part of the OCI layout (docker's manifest.json ...): not written
+    if m.isdir():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        return
+    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or name in ("blobs", "blobs/sha256"):
+        raise BuildError(f"{path}: member {m.name!r} is not a regular file; refusing")
+    dest = root / name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tar.extractfile(m) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _registry_doc(data: bytes, what: str) -> dict:
@@ -231,6 +268,8 @@ def layer_entries(layout: Layout, digest: str) -> dict[str, EntryInfo]:
     out: dict[str, EntryInfo] = {}
     with layout.open_blob(digest) as raw, tarfile.open(fileobj=decompressing(raw, f"layer {digest}")[0], mode="r|") as tar:
         for i, m in enumerate(tar):
+            if i >= MAX_ENTRIES:
+                raise BuildError(f"{layout.root}: layer {digest} has over {MAX_ENTRIES} entries; refusing")
             h = hashlib.sha256()
             if m.isfile():
                 f = tar.extractfile(m)
@@ -246,10 +285,13 @@ def read_entries(layout: Layout, digest: str, names: set[str]) -> dict[str, byte
     out: dict[str, bytes] = {}
     if not names:
         return out
+    total = 0
     with layout.open_blob(digest) as raw, tarfile.open(fileobj=decompressing(raw, f"layer {digest}")[0], mode="r|") as tar:
         for m in tar:
-            if m.name in names and m.isfile() and m.size <= CONTENT_LIMIT:
-                out[m.name] = tar.extractfile(m).read()
+            # sizes from the header, checked before reading: what is left out is compared by hash
+            if m.name in names and m.isfile() and m.size <= CONTENT_LIMIT and total + m.size <= CONTENT_TOTAL:
+                total += m.size
+                out[m.name] = tar.extractfile(m).read(m.size)
     return out
 
 
@@ -287,6 +329,9 @@ def _sqlite_diff(a: bytes, b: bytes) -> list:
         Path(pa).write_bytes(a)
         Path(pb).write_bytes(b)
         try:
+            many = max(_row_count(pa), _row_count(pb))
+            if many > SQLITE_ROWS:
+                return [("content", f"over {SQLITE_ROWS} rows: not diffed row by row", None, None)]
             ra, rb = read_rows(pa, ignore=()), read_rows(pb, ignore=())
             va, vb = user_version(pa), user_version(pb)
         except Exception as exc:
@@ -310,6 +355,18 @@ def _sqlite_diff(a: bytes, b: bytes) -> list:
     if not out:
         out.append(("content", "same rows, different file bytes (header or page layout)", None, None))
     return out[:100]
+
+
+def _row_count(path: str) -> int:
+    """Rows in every table, counted by SQLite before any is read: read_rows holds them all in memory."""
+    import apsw
+    con = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return sum(con.execute(f'SELECT count(*) FROM "{t.replace(chr(34), chr(34) * 2)}"').fetchone()[0]
+                   for t in tables)
+    finally:
+        con.close()
 
 
 def _row_key(table: str, row: dict) -> tuple:
@@ -395,7 +452,7 @@ def _platform(desc: dict) -> str:
 
 
 def compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db: str) -> list[Difference]:
-    ma, mb = la.read_json(da), lb.read_json(db)
+    ma, mb = la.read_manifest(da), lb.read_manifest(db)
     out: list[Difference] = []
     out += _json_diff(image, f"manifest [{plat}]", ma.get("annotations"), mb.get("annotations"), "annotations")
     if ma["config"]["digest"] != mb["config"]["digest"]:
@@ -411,8 +468,24 @@ def compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db:
     return out
 
 
+def verify_blobs(src: Source, refs: dict[str, Descriptor]) -> None:
+    """Every blob the compared refs reach (their referrers' too) is there and hashes to its name.
+
+    Always, before comparing: equal digests are taken for equal content below, which holds only
+    for bytes that match their digests. One streaming read of each blob, memory flat; builds
+    hash far more than this while they write.
+    """
+    entries = [d.to_json() for d in refs.values()]
+    entries += [d.to_json() for descs in src.layout.referrers().values() for d in descs]
+    for digest in sorted(src.layout.reachable(entries)):
+        with src.layout.open_blob(digest) as fh:
+            fh.verify()
+
+
 def diff_sources(a: Source, b: Source) -> list[Difference]:
     ra, rb = a.refs(), b.refs()
+    verify_blobs(a, ra)
+    verify_blobs(b, rb)
     if len(ra) == 1 and len(rb) == 1:
         # one image each (DIR:REF, an archive, a docker:// ref): compare them whatever their names
         name = next(iter(ra))
@@ -430,7 +503,7 @@ def diff_sources(a: Source, b: Source) -> list[Difference]:
         seen.add((x.digest, y.digest))
         image = name or a.label
         if x.media_type == INDEX_MT and y.media_type == INDEX_MT:
-            ia, ib = a.layout.read_json(x.digest), b.layout.read_json(y.digest)
+            ia, ib = a.layout.read_index(x.digest), b.layout.read_index(y.digest)
             out += _json_diff(image, "index", ia.get("annotations"), ib.get("annotations"), "annotations")
             pa = {_platform(m): m for m in ia["manifests"]}
             pb = {_platform(m): m for m in ib["manifests"]}
@@ -454,8 +527,8 @@ def _same_manifests(a: Source, b: Source, ra: dict, rb: dict) -> list[tuple[str,
     for name in sorted(set(ra) & set(rb)):
         x, y = ra[name], rb[name]
         if x.media_type == INDEX_MT and y.media_type == INDEX_MT:
-            pa = {_platform(m): m["digest"] for m in a.layout.read_json(x.digest)["manifests"]}
-            pb = {_platform(m): m["digest"] for m in b.layout.read_json(y.digest)["manifests"]}
+            pa = {_platform(m): m["digest"] for m in a.layout.read_index(x.digest)["manifests"]}
+            pb = {_platform(m): m["digest"] for m in b.layout.read_index(y.digest)["manifests"]}
             pairs = [(p, pa[p]) for p in sorted(set(pa) & set(pb)) if pa[p] == pb[p]]
         else:
             pairs = [(_platform({"platform": dict(x.platform or ())}), x.digest)] if x.digest == y.digest else []
@@ -491,13 +564,13 @@ def _compare_referrers(a: Source, b: Source, ra: dict, rb: dict) -> list[Differe
 
 
 def _referrer_kind(layout: Layout, desc: Descriptor) -> str:
-    man = layout.read_json(desc.digest)
-    media = (man.get("layers") or [{}])[0].get("mediaType", "")
+    man = layout.read_manifest(desc.digest)
+    media = (man["layers"] or [{}])[0].get("mediaType", "")
     return desc.artifact_type if media == desc.artifact_type else f"{desc.artifact_type} ({media})"
 
 
 def _referrer_document(layout: Layout, desc: Descriptor):
-    man = layout.read_json(desc.digest)
+    man = layout.read_manifest(desc.digest)
     try:
         return json.loads(layout.read_blob(man["layers"][0]["digest"]))
     except (ValueError, KeyError, IndexError, BuildError):

@@ -18,8 +18,8 @@ Each problem is one Finding; none means the image passed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -28,13 +28,15 @@ from typing import BinaryIO, Optional
 
 from builder.common.compress import decompressing
 from builder.errors import BuildError
-from builder.install.pkgdb import read_rows
 from builder.oci import attest
-from builder.oci.layout import INDEX_MT, MANIFEST_MT, Layout
+from builder.oci.layout import (DOCUMENT_LIMIT, INDEX_MT, MANIFEST_MT, Layout, check_index, check_manifest, descriptors,
+                                 parse_document)
 from builder.oci.sign import DSSE_MT, SignatureError, Verifier, dsse_open, verify_manifest
 from builder.resolve.lock import Lock
 
 PKGDB = "var/db/pkg/local.sqlite"
+PKGDB_LIMIT = 256 << 20     # local.sqlite is copied out of the layers only below this (ours: a few MiB)
+MAX_PACKAGES = 1 << 16      # rows of its packages table read (a FreeBSD base system: ~500)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,9 @@ class RegistrySource:
 
     def blob(self, digest: str) -> bytes:
         with self.registry.open_blob(self.repo, digest) as fh:
-            data = fh.read()
+            data = fh.read(DOCUMENT_LIMIT + 1)
+        if len(data) > DOCUMENT_LIMIT:
+            raise BuildError(f"{self.label}: blob {digest} is over the limit of {DOCUMENT_LIMIT} bytes; refusing")
         if Layout.digest_of(data) != digest:
             raise BuildError(f"{self.label}: blob {digest} does not match its digest")
         return data
@@ -137,40 +141,75 @@ class RegistrySource:
 def open_source(spec: str, insecure: bool = False):
     if spec.startswith("docker://"):
         return RegistrySource(spec, insecure)
-    cut = next((i for i, c in enumerate(spec) if c == ":" and (Path(spec[:i]) / "index.json").is_file()), None)
+    # lexists: an index.json that is a FIFO or a link is refused by Layout, naming why
+    cut = next((i for i, c in enumerate(spec) if c == ":" and os.path.lexists(Path(spec[:i]) / "index.json")), None)
     if cut is None:
         raise BuildError(f"{spec}: want DIR:NAME:TAG (an OCI layout and one of its refs) or docker://HOST/REPO:TAG")
     return LayoutSource(Layout(Path(spec[:cut])), spec[cut + 1:])
 
 
 def installed_packages(source, manifest: dict) -> set[tuple[str, str]]:
-    """(name, version) rows of the image's local.sqlite, the layers streamed bottom to top."""
-    pkgdb: Optional[bytes] = None
-    for layer in manifest["layers"]:
-        with source.open_blob(layer["digest"]) as raw:
-            hashing = _Hashing(raw)
-            stream, _ = decompressing(hashing, f"layer {layer['digest']}")
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for m in tar:
-                    name = m.name.lstrip("./") if m.name.startswith("./") else m.name.lstrip("/")
-                    parent, _, base = name.rpartition("/")
-                    if base == ".wh..wh..opq" and PKGDB.startswith(parent + "/"):
-                        pkgdb = None
-                    elif base.startswith(".wh."):
-                        gone = f"{parent}/{base[4:]}" if parent else base[4:]
-                        if PKGDB == gone or PKGDB.startswith(gone + "/"):
-                            pkgdb = None
-                    elif name == PKGDB:
-                        pkgdb = tar.extractfile(m).read() if m.isfile() else None
-            if hashing.drain() != layer["digest"]:
-                raise BuildError(f"layer {layer['digest']} does not match its digest")
-    if pkgdb is None:
-        return set()
+    """(name, version) rows of the image's local.sqlite, the layers streamed bottom to top.
+
+    The file goes to a temporary file (never memory), its size checked against PKGDB_LIMIT first.
+    """
     with tempfile.TemporaryDirectory(prefix="freebsd-images-verify.") as d:
         path = os.path.join(d, "local.sqlite")
-        Path(path).write_bytes(pkgdb)
-        rows = read_rows(path)
-    return {(r["name"], r["version"]) for r in rows.get("packages", [])}
+        found = False
+        for layer in manifest["layers"]:
+            found = _scan_layer(source, layer["digest"], path, found)
+        return _packages(path) if found else set()
+
+
+def _scan_layer(source, digest: str, path: str, found: bool) -> bool:
+    """Stream one layer, copying local.sqlite to path when it holds one (whiteouts honoured); whether
+    the image has the file once this layer is applied."""
+    with source.open_blob(digest) as raw:
+        hashing = _Hashing(raw)
+        stream, _ = decompressing(hashing, f"layer {digest}")
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for m in tar:
+                name = m.name.lstrip("./") if m.name.startswith("./") else m.name.lstrip("/")
+                parent, _, base = name.rpartition("/")
+                if base == ".wh..wh..opq" and PKGDB.startswith(parent + "/"):
+                    found = False
+                elif base.startswith(".wh."):
+                    gone = f"{parent}/{base[4:]}" if parent else base[4:]
+                    if PKGDB == gone or PKGDB.startswith(gone + "/"):
+                        found = False
+                elif name == PKGDB:
+                    found = m.isfile() and _copy_pkgdb(tar, m, path, digest)
+        if hashing.drain() != digest:
+            raise BuildError(f"layer {digest} does not match its digest")
+    return found
+
+
+def _copy_pkgdb(tar: tarfile.TarFile, m: tarfile.TarInfo, path: str, digest: str) -> bool:
+    if m.size > PKGDB_LIMIT:
+        raise BuildError(f"layer {digest}: /{PKGDB} is {m.size} bytes, over the limit of {PKGDB_LIMIT}; refusing")
+    with tar.extractfile(m) as src, open(path, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return True
+
+
+def _packages(path: str) -> set[tuple[str, str]]:
+    """(name, version) of the packages table, at most MAX_PACKAGES rows held."""
+    import apsw
+    try:
+        con = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            if not list(con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='packages'")):
+                return set()
+            out = set()
+            for name, version in con.execute("SELECT name, version FROM packages"):
+                if len(out) >= MAX_PACKAGES:
+                    raise BuildError(f"/{PKGDB}: over {MAX_PACKAGES} packages; refusing")
+                out.add((str(name), str(version)))
+            return out
+        finally:
+            con.close()
+    except apsw.Error as exc:
+        raise BuildError(f"/{PKGDB} of the image is not a readable package database: {exc}") from exc
 
 
 def _find(source, refs: list[dict], artifact_type: str, media_type: str) -> Optional[tuple[dict, bytes]]:
@@ -178,11 +217,16 @@ def _find(source, refs: list[dict], artifact_type: str, media_type: str) -> Opti
     for d in refs:
         if d.get("artifactType") != artifact_type:
             continue
-        man = json.loads(source.manifest(d["digest"]))
-        layer = (man.get("layers") or [{}])[0]
+        man = _manifest(source, d["digest"])
+        layer = (man["layers"] or [{}])[0]
         if layer.get("mediaType") == media_type:
             return man, source.blob(layer["digest"])
     return None
+
+
+def _manifest(source, digest: str) -> dict:
+    return check_manifest(parse_document(source.manifest(digest), f"{source.label}: manifest {digest}"),
+                          f"{source.label}: manifest {digest}")
 
 
 def _platform(desc: dict) -> str:
@@ -265,9 +309,10 @@ def verify_image(spec: str, key: Optional[Path] = None, lock_path: Optional[Path
         verifier = Verifier(Path(key))
     findings: list[Finding] = []
     try:
-        top = json.loads(source.manifest(source.top))
-        platforms = top["manifests"] if top.get("mediaType") == INDEX_MT or "manifests" in top else \
-            [{"mediaType": MANIFEST_MT, "digest": source.top}]
+        what = f"{source.label}: {source.top}"
+        top = parse_document(source.manifest(source.top), what)
+        platforms = check_index(top, what)["manifests"] if top.get("mediaType") == INDEX_MT or "manifests" in top \
+            else [{"mediaType": MANIFEST_MT, "digest": source.top}]
         if verifier is not None and "manifests" in top:
             findings += _signature("index", verifier, lookaside, source, source.top)
         for desc in platforms:
@@ -293,14 +338,14 @@ def _check_platform(source, desc: dict, where: str, verifier: Optional[Verifier]
                     lock_digest: Optional[str]) -> list[Finding]:
     out: list[Finding] = []
     digest = desc["digest"]
-    manifest = json.loads(source.manifest(digest))
-    refs = source.referrers(digest)
+    manifest = _manifest(source, digest)
+    refs = descriptors({"manifests": source.referrers(digest)}, "manifests", f"{source.label}: referrers of {digest}")
     found = _find(source, refs, attest.SPDX_MT, attest.SPDX_MT)
     sbom_doc: dict = {}
     if found is None:
         out.append(Finding("sbom", where, False, f"no SBOM ({attest.SPDX_MT}) refers to {digest}"))
     else:
-        sbom_doc = json.loads(found[1])
+        sbom_doc = parse_document(found[1], f"{source.label}: SBOM of {digest}")
         image = [p for p in sbom_doc.get("packages", []) if p.get("primaryPackagePurpose") == "CONTAINER"]
         sums = {c.get("checksumValue") for p in image for c in p.get("checksums", [])}
         if sums != {digest.split(":", 1)[1]}:
@@ -319,7 +364,7 @@ def _check_platform(source, desc: dict, where: str, verifier: Optional[Verifier]
     if prov is None:
         out.append(Finding("provenance", where, False, f"no provenance ({attest.INTOTO_MT}) refers to {digest}"))
     else:
-        statement = json.loads(prov[1])
+        statement = parse_document(prov[1], f"{source.label}: provenance of {digest}")
         subjects = {s.get("digest", {}).get("sha256") for s in statement.get("subject", [])}
         if digest.split(":", 1)[1] not in subjects:
             out.append(Finding("provenance", where, False, f"the provenance is about {', '.join(sorted(map(str, subjects)))}, "
@@ -332,7 +377,8 @@ def _check_platform(source, desc: dict, where: str, verifier: Optional[Verifier]
             out.append(Finding("signature", where, False, "no signed (DSSE) provenance is attached"))
         else:
             try:
-                ptype, payload = dsse_open(verifier, json.loads(signed[1]), f"DSSE provenance of {digest}")
+                envelope = parse_document(signed[1], f"{source.label}: DSSE provenance of {digest}")
+                ptype, payload = dsse_open(verifier, envelope, f"DSSE provenance of {digest}")
                 if prov is not None and payload != prov[1]:
                     out.append(Finding("signature", where, False, "the signed provenance differs from the attached statement"))
                 elif ptype != attest.INTOTO_MT:
