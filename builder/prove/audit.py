@@ -34,7 +34,7 @@ from builder.config.release import Release
 from builder.errors import BuildError
 from builder.oci import attest
 from builder.oci.layout import INDEX_MT, Layout, check_index, descriptors, parse_document
-from builder.prove.verify_image import LayoutSource, _find, _manifest, installed_packages, open_source
+from builder.prove.verify_image import LayoutSource, find_referrer_document, installed_packages, open_source, read_manifest
 from builder.resolve.catalogue import Catalogue
 from builder.resolve.version import compare
 from builder.resolve.vuxml import BASE, KERNEL, Match, VuXML, base_version, pkgbase_version
@@ -286,7 +286,7 @@ def _platforms(source, label: str) -> list[tuple[dict, str]]:
 def _sbom_note(source, digest: str, installed: set[tuple[str, str]], label: str) -> Optional[str]:
     """Our SBOM as a cross-check of local.sqlite, never instead of it: a note when they differ."""
     refs = descriptors({"manifests": source.referrers(digest)}, "manifests", f"{label}: referrers of {digest}")
-    found = _find(source, refs, attest.SPDX_MT, attest.SPDX_MT)
+    found = find_referrer_document(source, refs, attest.SPDX_MT, attest.SPDX_MT)
     if found is None:
         return None
     listed = attest.sbom_packages(parse_document(found[1], f"{label}: SBOM of {digest}"))
@@ -301,7 +301,7 @@ def _sbom_note(source, digest: str, installed: set[tuple[str, str]], label: str)
 def _audit_platform(source, label: str, desc: dict, platform: str, vuxml: VuXML, catalogues: CatalogueProvider,
                     release: Optional[str], now: int) -> ImageAudit:
     digest = desc["digest"]
-    manifest = _manifest(source, digest)
+    manifest = read_manifest(source, digest)
     config = parse_document(source.blob(manifest["config"]["digest"]), f"{label}: config of {digest}")
     platform = platform or "/".join(str(x) for x in (config.get("os"), config.get("architecture"),
                                                      config.get("variant")) if x)

@@ -212,19 +212,19 @@ def _packages(path: str) -> set[tuple[str, str]]:
         raise BuildError(f"/{PKGDB} of the image is not a readable package database: {exc}") from exc
 
 
-def _find(source, refs: list[dict], artifact_type: str, media_type: str) -> Optional[tuple[dict, bytes]]:
+def find_referrer_document(source, refs: list[dict], artifact_type: str, media_type: str) -> Optional[tuple[dict, bytes]]:
     """(artifact manifest, its document) of the first referrer of that type and document media type."""
     for d in refs:
         if d.get("artifactType") != artifact_type:
             continue
-        man = _manifest(source, d["digest"])
+        man = read_manifest(source, d["digest"])
         layer = (man["layers"] or [{}])[0]
         if layer.get("mediaType") == media_type:
             return man, source.blob(layer["digest"])
     return None
 
 
-def _manifest(source, digest: str) -> dict:
+def read_manifest(source, digest: str) -> dict:
     return check_manifest(parse_document(source.manifest(digest), f"{source.label}: manifest {digest}"),
                           f"{source.label}: manifest {digest}")
 
@@ -338,9 +338,9 @@ def _check_platform(source, desc: dict, where: str, verifier: Optional[Verifier]
                     lock_digest: Optional[str]) -> list[Finding]:
     out: list[Finding] = []
     digest = desc["digest"]
-    manifest = _manifest(source, digest)
+    manifest = read_manifest(source, digest)
     refs = descriptors({"manifests": source.referrers(digest)}, "manifests", f"{source.label}: referrers of {digest}")
-    found = _find(source, refs, attest.SPDX_MT, attest.SPDX_MT)
+    found = find_referrer_document(source, refs, attest.SPDX_MT, attest.SPDX_MT)
     sbom_doc: dict = {}
     if found is None:
         out.append(Finding("sbom", where, False, f"no SBOM ({attest.SPDX_MT}) refers to {digest}"))
@@ -359,7 +359,7 @@ def _check_platform(source, desc: dict, where: str, verifier: Optional[Verifier]
             out.append(Finding("sbom", where, False, f"local.sqlite has {name} {version}, the SBOM does not list it"))
         if listed == have and not out:
             out.append(Finding("sbom", where, True, f"{len(have)} packages, as in /{PKGDB}"))
-    prov = _find(source, refs, attest.INTOTO_MT, attest.INTOTO_MT)
+    prov = find_referrer_document(source, refs, attest.INTOTO_MT, attest.INTOTO_MT)
     statement: dict = {}
     if prov is None:
         out.append(Finding("provenance", where, False, f"no provenance ({attest.INTOTO_MT}) refers to {digest}"))
@@ -372,7 +372,7 @@ def _check_platform(source, desc: dict, where: str, verifier: Optional[Verifier]
         else:
             out.append(Finding("provenance", where, True, f"statement for {digest}"))
     if verifier is not None:
-        signed = _find(source, refs, attest.INTOTO_MT, DSSE_MT)
+        signed = find_referrer_document(source, refs, attest.INTOTO_MT, DSSE_MT)
         if signed is None:
             out.append(Finding("signature", where, False, "no signed (DSSE) provenance is attached"))
         else:
