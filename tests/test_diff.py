@@ -122,11 +122,38 @@ def reorder(members):
     return members
 
 
+def _first(members, edit, kind="file", suffix=""):
+    m = next(m for m, _ in members if (m.isfile() if kind == "file" else m.issym()) and m.name.endswith(suffix))
+    edit(m)
+    return members
+
+
+def set_mode(members):
+    return _first(members, lambda m: setattr(m, "mode", m.mode ^ 0o4000))          # setuid added
+
+
+def set_owner(members):
+    return _first(members, lambda m: (setattr(m, "uid", 4242), setattr(m, "gid", 4343)))
+
+
+def set_link_target(members):
+    return _first(members, lambda m: setattr(m, "linkname", "/elsewhere"), kind="symlink")
+
+
+def set_xattr(members):
+    return _first(members, lambda m: m.pax_headers.update({"SCHILY.xattr.user.test": "x"}))
+
+
 CASES = {
     "mtime": (set_mtime, 6, "mtime"),
     "pkgdb-row": (change_row, 6, "row"),
     "order": (reorder, 6, "order"),
     "gzip-level": (None, 1, "compression"),
+    "mode": (set_mode, 6, "mode"),
+    "uid": (set_owner, 6, "uid"),
+    "gid": (set_owner, 6, "gid"),
+    "link target": (set_link_target, 6, "linkname"),
+    "xattrs": (set_xattr, 6, "pax"),
 }
 
 
@@ -150,6 +177,14 @@ def test_diff_names_the_injected_difference(original, tmp_path, case):
         assert hit.b == "changed by the test"
     if case == "order":
         assert hit.path.startswith("/")
+    if case == "mode":
+        assert int(hit.b, 8) == int(hit.a, 8) ^ 0o4000
+    if case in ("uid", "gid"):
+        assert hit.b == {"uid": 4242, "gid": 4343}[case]
+    if case == "link target":
+        assert hit.b == "/elsewhere"
+    if case == "xattrs":
+        assert ("SCHILY.xattr.user.test", "x") in hit.b
     # only the top layer of the one image differs
     assert all(d.where == "layer 4/4 [freebsd/amd64]" or d.where.startswith(("config", "manifest", "index")) for d in diffs)
     # the JSON form says the same, and the CLI exits 1
@@ -247,3 +282,16 @@ def test_verify_builds_the_lock_it_was_given_by_a_relative_path(demo_mirror, tmp
                               ["config"]["digest"])
     assert config["created"] == rfc3339(doc["source-date-epoch"])
     assert not list((tmp_path / "w").rglob("*.lock.json"))   # no lock was made anywhere else
+
+
+def test_named_lists_are_compared_by_name_and_one_sided_values_shown_plainly():
+    from builder.prove.diff import Difference, _json_diff
+    a = {"resolvedDependencies": [{"name": "families.yaml#small", "digest": {"sha256": "1"}},
+                                  {"name": "releases/14.2.yaml", "digest": {"sha256": "2"}}]}
+    b = {"resolvedDependencies": [{"name": "releases/14.2.yaml", "digest": {"sha256": "3"}},
+                                  {"name": "families.yaml#small", "digest": {"sha256": "1"}},
+                                  {"name": "recipe", "digest": {"sha256": "4"}}]}
+    found = {d.field: (d.a, d.b) for d in _json_diff("img", "referrer", a, b)}
+    assert found == {"resolvedDependencies[releases/14.2.yaml].digest.sha256": ("2", "3"),
+                     "resolvedDependencies[recipe]": (None, {"name": "recipe", "digest": {"sha256": "4"}})}
+    assert Difference("img:14.2", "ref", field="only in B", b="sha256:ab").human() == "img:14.2 ref: only in B: 'sha256:ab'"

@@ -2,8 +2,14 @@
 roots, repository names and archive refs, built from generated 14.2 and 15.0 mirrors.
 
 What each test catches:
-- test_official_sets_match_freebsd_conf_files: a flavour whose packages, parent, command or
-  static extras differ from FreeBSD's oci-image-*.conf (tests/fixtures/freebsd-oci/images.yaml).
+- test_official_images_match_their_lines_definitions: a release line whose images, packages,
+  parents, commands or static extras differ from FreeBSD's definitions on that line's branch
+  (tests/fixtures/freebsd-oci/images.yaml, per line, with commit and branch), compared in the
+  line's own package names: a release file's package-map cannot make a wrong name right.
+- test_every_release_file_is_a_recorded_line / test_fixture_records_commit_and_branch: a release
+  file without FreeBSD's facts for its line, or facts without a commit, branch or open questions.
+- test_generated_lines_carry_their_names: a generated repository lacking a package its line's
+  definitions name, or having a name that line does not (FreeBSD-krb5-lib on 15.0).
 - test_release_keys_match_freebsd_fingerprints: trust roots in keys/ or release files that are
   not FreeBSD's (a missing pkgbase-15, a release naming keys/pkgbase-14).
 - test_every_pkg_configuration_names_trust_the_image_has: an image whose pkg repository
@@ -28,14 +34,16 @@ import yaml
 
 from builder.cli import main
 from builder.config.project import load_project
-from builder.config.release import load_release
+from builder.config.release import load_release, release_files
 from builder.gen.repo import GenOptions, generate
 from tests.conftest import FIXTURES, ROOT
 
 OCI = yaml.safe_load((FIXTURES / "freebsd-oci" / "images.yaml").read_text())
+DEFS, LINES = OCI["definitions"], OCI["lines"]
 BUILDS = (("official", "15.0"), ("default", "15.0"), ("official", "14.2"), ("default", "14.2"))
 MANIFEST_MT = "application/vnd.oci.image.manifest.v1+json"
 REF = "org.opencontainers.image.ref.name"
+BUILT_LINES = [p.stem for p in release_files(ROOT / "releases")]
 
 
 def _plan(release: str, family: str, capsys) -> dict:
@@ -43,31 +51,77 @@ def _plan(release: str, family: str, capsys) -> dict:
     return {t["flavour"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
 
 
-@pytest.mark.parametrize("release", ["15.0", "15", "14.2", "14.3", "14"])
-def test_official_sets_match_freebsd_conf_files(release, capsys):
+def line_images(line: str) -> dict[str, dict]:
+    """FreeBSD's images on a line, in Makefile.oci's order: image -> its .conf's definition."""
+    return {image: DEFS[key] for image, key in LINES[line]["images"].items()}
+
+
+def test_every_release_file_is_a_recorded_line():
+    project = load_project()
+    for name, rel in project.releases.items():
+        assert name in LINES, f"releases/{name}.yaml: no FreeBSD definitions recorded for line {name}"
+        assert LINES[name]["branch"] == rel.branch, name
+    for name, line in LINES.items():
+        assert (name in project.releases) == line.get("release-file", True), name
+
+
+def test_fixture_records_commit_and_branch():
+    for key, d in DEFS.items():
+        assert re.fullmatch(r"[0-9a-f]{40}", d["commit"]), key
+        assert re.fullmatch(r"main|(releng|stable)/[0-9.]+|unknown", d["branch"]), key
+    for name, line in LINES.items():
+        assert re.fullmatch(r"main|(releng|stable)/[0-9.]+", line["branch"]), name
+        used = [DEFS[k] for k in line["images"].values()] + [DEFS[line["names"]]] + (
+            [DEFS[line["makefile"]]] if line["makefile"] else [])
+        # a definition read on another branch (or on none the store can tell) is an open question
+        if any(d["branch"] != line["branch"] for d in used) or not line["makefile"]:
+            assert line["open"], f"line {name} uses evidence from other branches: say so under open:"
+        if line["makefile"]:
+            assert list(line["images"]) == DEFS[line["makefile"]]["images"], name
+        images = line_images(name)
+        for image, d in images.items():
+            assert d["path"] == f"release/tools/oci-image-{image}.conf", (name, image)
+            assert d["base"] is None or list(images).index(d["base"]) < list(images).index(image), (name, image)
+
+
+@pytest.mark.parametrize("release", BUILT_LINES)
+def test_official_images_match_their_lines_definitions(release, capsys):
     project = load_project()
     rel, fam = project.view(release, "official")
-    want = OCI["releases"][str(rel.major)]["images"]
+    want = line_images(release)
     plan = _plan(release, "official", capsys)
-    assert list(plan) == want, "the official family builds FreeBSD's images, in Makefile.oci's order"
-    for flavour in want:
-        conf = OCI["images"][flavour]
-        t = plan[flavour]
-        # the same packages, each in the release's own name (15: FreeBSD-kerberos-lib is FreeBSD-krb5-lib)
-        assert t["own_packages"] == rel.map_packages(conf["packages"]), (flavour, conf["conf"])
-        assert t["parent"] == conf["base"]
-        assert t["image"] == f"freebsd-{flavour}"
-        resolved = fam.resolve(flavour)
-        assert resolved.config.cmd == (tuple(conf["cmd"]) if conf["cmd"] else None), flavour
-    static = OCI["images"]["static"]
+    assert list(plan) == list(want), (f"line {release} ({LINES[release]['branch']}): the official family builds "
+                                      f"FreeBSD's images, in Makefile.oci's order")
+    for image, conf in want.items():
+        t = plan[image]
+        # FreeBSD's list on this line, in this line's names: not through the release's package-map
+        assert t["own_packages"] == conf["packages"], (release, image, conf["path"], conf["commit"])
+        assert t["parent"] == conf["base"], (release, image)
+        assert t["image"] == f"freebsd-{image}"
+        assert fam.resolve(image).config.cmd == (tuple(conf["cmd"]) if conf["cmd"] else None), (release, image)
+    static = want["static"]
     fl = fam.resolve("static")
     assert list(fl.skeleton.specs) == static["mtree"] and fl.static
     extracted = {p for ex in fl.extract for p in ex.paths} | {to for ex in fl.extract for _, to in ex.copies}
     for src, dests in static["copies"].items():
         assert set([dests] if isinstance(dests, str) else dests) <= extracted, src
-    assert set(static["runs"]) <= set(fl.post_install) | {"pwd_mkdb"}   # pwd_mkdb runs wherever master.passwd is
+    assert set(static["runs"]) <= set(fl.post_install)      # each named in the layer's history
     assert static["writes"] in {f.path for f in fl.files}
     assert "ports" in fl.trust and "base" in fl.trust
+
+
+@pytest.mark.parametrize("release", BUILT_LINES)
+def test_generated_lines_carry_their_names(release):
+    """The generator's repository for a line has every package that line's definitions name, in
+    that line's names, and none of the names that line does not have."""
+    from builder.gen.packages import base_packages
+    rel = load_project().release(release)
+    names = {p.name for p in base_packages("amd64", "freebsd-images", "pkg+https://x/${ABI}/latest", rel.major)}
+    line = LINES[release]
+    wanted = {n for d in line_images(release).values() for n in d["packages"]}
+    assert wanted <= names, (release, sorted(wanted - names))
+    assert set(DEFS[line["names"]]["has"]) <= names, release
+    assert not set(DEFS[line["names"]]["lacks"]) & names, release
 
 
 def _fingerprint(path: Path) -> str:
@@ -229,12 +283,16 @@ def test_every_pkg_configuration_names_trust_the_image_has(built):
 
 def test_official_family_builds_both_arches(built):
     refs = _refs(built / "15.0")
-    for flavour in OCI["releases"]["15"]["images"]:
+    for flavour in LINES["15.0"]["images"]:
         for tag in ("15.0p1", "15.0-RELEASE"):
             assert f"freebsd-{flavour}:{tag}" in refs
         for plat in ("amd64", "arm64"):
             assert refs[f"freebsd-{flavour}:15.0p1-{plat}"]["mediaType"] == MANIFEST_MT
     assert "freebsd-minimal:14.2-RELEASE" in _refs(built / "14.2")
+    # every step named in the history, the static image's pwd_mkdb and certctl too
+    static_man = json.loads(_blob(built / "15.0", refs["freebsd-static:15.0p1-amd64"]["digest"]).read_bytes())
+    history = json.loads(_blob(built / "15.0", static_man["config"]["digest"]).read_bytes())["history"]
+    assert {"pwd_mkdb", "certctl"} <= set(re.split(r"[\s,+:]+", history[-1]["created_by"])), history
     man = json.loads(_blob(built / "15.0", refs["freebsd-toolchain:15.0p1-amd64"]["digest"]).read_bytes())
     cfg = json.loads(_blob(built / "15.0", man["config"]["digest"]).read_bytes())
     assert cfg["config"]["Cmd"] == ["/bin/sh"]            # OCI's "Cmd", not make-oci-image.sh's "cmd"
@@ -243,9 +301,11 @@ def test_official_family_builds_both_arches(built):
     db = tree["/var/db/pkg/local.sqlite"][1]
     names = _pkgdb(db, "SELECT name FROM packages")
     # FreeBSD-set-devel resolved like any package, its -dev members included
-    assert {"FreeBSD-set-devel", "FreeBSD-set-minimal", "FreeBSD-clang", "FreeBSD-lld", "FreeBSD-clibs-dev",
-            "FreeBSD-krb5", "FreeBSD-krb5-lib", "FreeBSD-ssh", "FreeBSD-zfs"} <= {n for (n,) in names}
-    assert not {"FreeBSD-kerberos-lib", "FreeBSD-kerberos"} & {n for (n,) in names}
+    assert {"FreeBSD-set-devel", "FreeBSD-set-minimal", "FreeBSD-set-minimal-jail", "FreeBSD-clang", "FreeBSD-lld",
+            "FreeBSD-clibs-dev", "FreeBSD-kerberos-lib", "FreeBSD-bmake", "FreeBSD-xz", "FreeBSD-ssh",
+            "FreeBSD-zfs"} <= {n for (n,) in names}
+    # FreeBSD 15's names: the Kerberos packages kept 14's (tests/fixtures/freebsd-oci, names-15)
+    assert not {"FreeBSD-krb5-lib", "FreeBSD-krb5"} & {n for (n,) in names}
     static = image_tree(built / "15.0", refs["freebsd-static:15.0p1-amd64"]["digest"])
     # the official static's extras: BSD.debug.dist under /usr/lib, termcap twice, CA links, keys, base.conf
     assert static["/usr/lib/debug/bin"][0].isdir()
@@ -344,9 +404,11 @@ def test_generated_fifteen_repository_and_toolchain_scale(tmp_path):
     from builder.gen.packages import base_packages
     from builder.gen.repo import _bulk
     pk = {p.name: p for p in base_packages("amd64", "freebsd-images", "pkg+https://x/${ABI}/latest", 15)}
-    assert "FreeBSD-krb5-lib" in pk and "FreeBSD-kerberos-lib" not in pk
-    notool = set(OCI["images"]["notoolchain"]["packages"]) - {"FreeBSD-kerberos", "FreeBSD-kerberos-lib"}
-    assert notool | {"FreeBSD-krb5", "FreeBSD-krb5-lib"} <= set(pk)
+    assert "FreeBSD-kerberos-lib" in pk and "FreeBSD-krb5-lib" not in pk
+    # both notoolchain lists FreeBSD had resolve here; the runtime and jail sets are vital
+    notool = set(line_images("15.0")["notoolchain"]["packages"])
+    assert notool | set(DEFS["notoolchain-list"]["packages"]) <= set(pk)
+    assert pk["FreeBSD-set-minimal-jail"].vital and "FreeBSD-kerberos-lib" in pk["FreeBSD-set-minimal-jail"].deps
     devel = pk["FreeBSD-set-devel"]
     assert "FreeBSD-set-minimal" in devel.deps and "FreeBSD-clibs-dev" in devel.deps and not devel.files
 
@@ -358,7 +420,7 @@ def test_generated_fifteen_repository_and_toolchain_scale(tmp_path):
                 out.add(n)
                 todo += pk[n].deps
         return out
-    adds = closure(["FreeBSD-set-devel"]) - closure(notool | {"FreeBSD-krb5", "FreeBSD-krb5-lib"})
+    adds = closure(["FreeBSD-set-devel"]) - closure(notool)
 
     def size(scale):
         return sum(len(g.data) for n in adds for g in pk[n].files + _bulk(pk[n], "amd64", scale, "freebsd-images")

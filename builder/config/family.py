@@ -109,6 +109,7 @@ class Flavour:
     accept_missing: tuple[AcceptMiss, ...] = ()       # shared-library misses let through, with a reason
     static: bool = False                              # no dynamically linked ELF file may ship
     majors: tuple[int, ...] = ()                      # only for these release majors (empty: every release)
+    releases: tuple[str, ...] = ()                    # only for these release lines, e.g. 14.3 (empty: every line)
     trust: tuple[str, ...] = ()                       # repository keys whose trust roots go to /usr/share/keys
     post_install: tuple[str, ...] = ()                # actions run whether or not a package script asks
 
@@ -166,11 +167,13 @@ class Family:
         line, col = self.positions.get(("flavours", flavour), (1, 1))
         return Diagnostic(self.source, line, col, message)
 
-    def for_release(self, major: int) -> "Family":
-        """The flavours a release line of this major builds: those whose whole chain applies to it."""
-        keep = {n: f for n, f in self.flavours.items()
-                if all(not self.flavours[link].majors or major in self.flavours[link].majors
-                       for link in self.chain(n))}
+    def for_release(self, major: int, release: Optional[str] = None) -> "Family":
+        """The flavours a release line (of this major, named ``release``) builds: those whose whole
+        chain applies to it, by ``majors`` and by ``releases``."""
+        def applies(fl: Flavour) -> bool:
+            return ((not fl.majors or major in fl.majors)
+                    and (not fl.releases or release is None or release in fl.releases))
+        keep = {n: f for n, f in self.flavours.items() if all(applies(self.flavours[link]) for link in self.chain(n))}
         return self if len(keep) == len(self.flavours) else replace(self, flavours=keep)
 
     @property
@@ -294,6 +297,8 @@ _FLAVOUR = S.Struct({
     }))),
     "static": S.Field(S.Bool()),
     "majors": S.Field(S.ListOf(S.Int(minimum=1, expected="a FreeBSD major version"), unique=True)),
+    "releases": S.Field(S.ListOf(S.Str(pattern=r"[0-9]+(\.[0-9]+)?", expected="a release line like 14.3 or 15"),
+                                 unique=True)),
     "trust": S.Field(S.ListOf(S.Str(pattern=r"[a-z][a-z0-9_-]*", expected="a repository key"), unique=True)),
     "post-install": S.Field(S.ListOf(S.Str(choices=POST_INSTALL), unique=True)),
 })
@@ -411,6 +416,7 @@ def parse_family(doc: Located, base_dir: Path, family_name: str = DEFAULT_FAMILY
                                  for a in body.get("accept-missing-libraries") or []),
             static=bool(body.get("static", False)),
             majors=tuple(body.get("majors") or ()),
+            releases=tuple(str(r) for r in body.get("releases") or ()),
             trust=tuple(body.get("trust") or ()),
             post_install=tuple(body.get("post-install") or ()),
         )

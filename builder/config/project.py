@@ -40,7 +40,7 @@ class Project:
         """A release as one family builds it: the family's naming, and only the flavours for its major."""
         rel = self.release(release)
         fam = self.get_family(family)
-        return rel.for_family(fam), fam.for_release(rel.major)
+        return rel.for_family(fam), fam.for_release(rel.major, rel.name)
 
 
 def default_root() -> Path:
@@ -99,6 +99,7 @@ def _cross_check(root: Path, family: Family, releases: dict[str, Release]) -> li
 
     def lacking(fl, key: str) -> list[str]:
         return [r.name for r in releases.values() if not (fl.majors and r.major not in fl.majors)
+                and not (fl.releases and r.name not in fl.releases)
                 and key not in {x.key for x in r.repositories}]
 
     for fl in family.flavours.values():

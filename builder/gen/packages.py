@@ -2,7 +2,13 @@
 
 Modelled on FreeBSD 14's pkgbase packages (and the fixture made by pkg): the
 same names, origins, dependencies, post-install scripts, config files, hard
-links, symlinks and setuid files. Payload sizes grow with ``scale``.
+links, symlinks and setuid files. Payload sizes grow with ``scale``. A line of
+FreeBSD 15 or later (15.0, stable/15, main) gets that line's repository: its
+package names and the FreeBSD-set-* metapackages (see ``fifteen``), as
+tests/fixtures/freebsd-oci/images.yaml records them per line; 14.x lines have
+14's names and no sets. The names are FreeBSD's own, never a release file's
+package-map: a map that renamed them wrongly would ask for packages this
+repository, like pkg.FreeBSD.org, does not have.
 """
 from __future__ import annotations
 
@@ -286,10 +292,11 @@ def _userland_packages(arch: str, f: Filler, ports_url: str) -> list[GenPackage]
 
 def base_packages(arch: str, seed: str, ports_url: str, major: int = 14, pkg_conf: Optional[bytes] = None,
                   trust: Optional[dict[str, bytes]] = None) -> list[GenPackage]:
-    """The base repository. ``major`` >= 15 gives FreeBSD 15's: its package names, the packages of
-    FreeBSD's notoolchain image, a FreeBSD-set-devel-sized toolchain and the FreeBSD-set-*
-    metapackages; FreeBSD-pkg-bootstrap then ships ``pkg_conf`` as /etc/pkg/FreeBSD.conf and the
-    ``trust`` files ({image path: content}), as FreeBSD 15's does."""
+    """The base repository of a line of this ``major``. ``major`` >= 15 (15.0, stable/15, main)
+    gives those lines': their package names, the packages FreeBSD's notoolchain image names, a
+    FreeBSD-set-devel-sized toolchain and the FreeBSD-set-* metapackages; FreeBSD-pkg-bootstrap
+    then ships ``pkg_conf`` as /etc/pkg/FreeBSD.conf and the ``trust`` files ({image path:
+    content}), as FreeBSD 15's does."""
     f = Filler(f"{seed}/{arch}")
     # one Filler for all: the order the packages are made in is the order their bytes are drawn in
     pkgs = _core_packages(arch, f, seed) + _system_packages(arch, f) + _userland_packages(arch, f, ports_url)
@@ -321,7 +328,9 @@ def ports_packages(arch: str, seed: str, abi_version: str) -> list[GenPackage]:
 
 # 15 moved these out of runtime and utilities into packages of their own
 MOVED_IN_15 = {"/bin/csh": "FreeBSD-csh", "/usr/bin/vi": "FreeBSD-vi"}
-RENAMED_IN_15 = {"FreeBSD-kerberos-lib": ("FreeBSD-krb5-lib", "base/krb5-lib", "MIT Kerberos Libraries")}
+# 15 kept 14's Kerberos names when MIT Kerberos replaced Heimdal: FreeBSD-kerberos (the client)
+# and FreeBSD-kerberos-lib. (main called them FreeBSD-krb5* from c7da9fb90b0b to 4cb1baa7d85c,
+# July 2025, before stable/15 branched; no line has those names.)
 LIBS = ("libc.so.7", "libthr.so.3")
 NCURSES = LIBS + ("libncursesw.so.9", "libutil.so.9")
 SSL = LIBS + ("libcrypto.so.30", "libssl.so.30")
@@ -330,7 +339,8 @@ CXX = LIBS + ("libm.so.5", "libc++.so.1", "libcxxrt.so.1", "libgcc_s.so.1", "lib
 
 # name: (set(s), programs, libraries provided [(path, KiB)], text files [(path, mode)], shlibs required,
 #        dependencies, bulk KiB at scale 1, bulk directory, bulk is ELF)
-# The packages FreeBSD's notoolchain image adds (release/tools/oci-image-notoolchain.conf), then
+# The packages FreeBSD's notoolchain image adds (release/tools/oci-image-notoolchain.conf: the
+# set-minimal-jail members, the packages it names besides, and the 57 of its earlier list), then
 # FreeBSD-set-devel's: compilers, linkers, debugger, headers and static libraries, about 10 MB at
 # scale 1 (--scale 100 gives a toolchain of about 1 GB, like FreeBSD's).
 FIFTEEN = {
@@ -340,6 +350,8 @@ FIFTEEN = {
                       [("/usr/lib/libbsm.so.3", 60)], [("/etc/security/audit_control", 0o600)], LIBS, (), 40, "/usr/libexec/audit", True),
     "FreeBSD-autofs": ("optional", ["/usr/sbin/automount", "/usr/sbin/automountd", "/usr/sbin/autounmountd"], [],
                        [("/etc/auto_master", 0o644)], LIBS + ("libutil.so.9",), (), 20, "/usr/libexec/autofs", True),
+    "FreeBSD-bmake": ("devel", ["/usr/bin/make"], [], [("/usr/share/mk/sys.mk", 0o444)], LIBS, (), 30,
+                      "/usr/share/mk", False),
     "FreeBSD-blocklist": ("optional", ["/usr/sbin/blocklistd", "/usr/sbin/blocklistctl"], [("/usr/lib/libblocklist.so.0", 16)],
                           [("/etc/blocklistd.conf", 0o644)], LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/blocklist", True),
     "FreeBSD-bsnmp": ("optional", ["/usr/sbin/bsnmpd", "/usr/bin/bsnmpget"], [("/usr/lib/libbsnmp.so.6", 50)],
@@ -368,8 +380,9 @@ FIFTEEN = {
     "FreeBSD-jail": ("minimal,minimal-jail", ["/usr/sbin/jail", "/usr/sbin/jexec", "/usr/sbin/jls"], [],
                      [("/etc/jail.conf.sample", 0o644)], LIBS + ("libjail.so.1", "libutil.so.9", "libxo.so.0"), (),
                      20, "/usr/share/examples/jails", False),
-    "FreeBSD-krb5": ("optional", ["/usr/bin/kinit", "/usr/bin/klist", "/usr/bin/kdestroy", "/usr/sbin/kadmin"], [],
-                     [("/etc/krb5.conf.sample", 0o644)], KRB, ("FreeBSD-krb5-lib",), 80, "/usr/libexec/krb5", True),
+    "FreeBSD-kerberos": ("optional,optional-jail", ["/usr/bin/kinit", "/usr/bin/klist", "/usr/bin/kdestroy",
+                                                     "/usr/sbin/kadmin"], [],
+                         [("/etc/krb5.conf.sample", 0o644)], KRB, ("FreeBSD-kerberos-lib",), 80, "/usr/libexec/krb5", True),
     "FreeBSD-libcompiler_rt-dev": ("devel", [], [], [], (), (), 400, "/usr/lib/clang/19/lib/freebsd", False),
     "FreeBSD-locales": ("minimal,minimal-jail", [], [], [], (), (), 300, "/usr/share/locale", False),
     "FreeBSD-lp": ("optional", ["/usr/bin/lpr", "/usr/bin/lpq", "/usr/sbin/lpd"], [], [("/etc/printcap", 0o644)],
@@ -396,7 +409,7 @@ FIFTEEN = {
     "FreeBSD-ssh": ("minimal,minimal-jail", ["/usr/bin/ssh", "/usr/bin/scp", "/usr/bin/sftp", "/usr/sbin/sshd",
                                              "/usr/bin/ssh-keygen", "/usr/bin/ssh-agent"], [("/usr/lib/libprivatessh.so.5", 200)],
                     [("/etc/ssh/sshd_config", 0o644), ("/etc/ssh/ssh_config", 0o644), ("/etc/ssh/moduli", 0o644)],
-                    KRB + ("libutil.so.9", "libz.so.6"), ("FreeBSD-openssl-lib", "FreeBSD-krb5-lib"), 150, "/usr/libexec/ssh", True),
+                    KRB + ("libutil.so.9", "libz.so.6"), ("FreeBSD-openssl-lib", "FreeBSD-kerberos-lib"), 150, "/usr/libexec/ssh", True),
     "FreeBSD-syslogd": ("minimal,minimal-jail", ["/usr/sbin/syslogd"], [], [("/etc/syslog.conf", 0o644)],
                         LIBS + ("libutil.so.9",), (), 10, "/usr/libexec/syslogd", True),
     "FreeBSD-tcpd": ("optional", ["/usr/sbin/tcpd", "/usr/sbin/tcpdchk"], [("/usr/lib/libwrap.so.6", 20)], [("/etc/hosts.allow", 0o644)],
@@ -409,6 +422,8 @@ FIFTEEN = {
                         "/usr/libexec/unbound", True),
     "FreeBSD-vi": ("minimal,minimal-jail", ["/usr/bin/vi"], [], [("/usr/share/vi/catalog/english", 0o444)], NCURSES, (),
                    60, "/usr/share/vi/catalog", False),
+    "FreeBSD-xz": ("optional,optional-jail", ["/usr/bin/xz"], [("/usr/lib/liblzma.so.5", 60)], [], LIBS, (), 20,
+                   "/usr/libexec/xz", True),
     "FreeBSD-yp": ("optional", ["/usr/bin/ypcat", "/usr/bin/ypmatch", "/usr/sbin/ypbind"], [("/usr/lib/libypclnt.so.4", 20)], [],
                    LIBS, (), 20, "/usr/libexec/yp", True),
     "FreeBSD-zfs": ("minimal", ["/sbin/zfs", "/sbin/zpool", "/usr/sbin/zdb", "/sbin/bectl"],
@@ -425,7 +440,7 @@ FIFTEEN = {
                      CXX + ("libedit.so.8", "libncursesw.so.9", "libxo.so.0"), (), 1500, "/usr/libexec/lldb", True),
     "FreeBSD-toolchain": ("devel", ["/usr/bin/ar", "/usr/bin/nm", "/usr/bin/objcopy", "/usr/bin/readelf", "/usr/bin/size",
                                     "/usr/bin/strings", "/usr/bin/strip", "/usr/bin/addr2line", "/usr/bin/c++filt",
-                                    "/usr/bin/make", "/usr/bin/yacc", "/usr/bin/lex"], [], [],
+                                    "/usr/bin/yacc", "/usr/bin/lex"], [], [],
                           LIBS + ("libelf.so.2", "libz.so.6"), (), 600, "/usr/libexec/toolchain", True),
     "FreeBSD-clibs-dev": ("devel", [], [], [("/usr/include/stdlib.h", 0o444), ("/usr/include/unistd.h", 0o444)], (),
                           ("FreeBSD-clibs",), 1200, "/usr/lib/static", False),
@@ -433,8 +448,8 @@ FIFTEEN = {
                             "/usr/include/runtime", False),
     "FreeBSD-openssl-lib-dev": ("devel", [], [], [("/usr/include/openssl/ssl.h", 0o444)], (), ("FreeBSD-openssl-lib",), 400,
                                 "/usr/include/openssl/all", False),
-    "FreeBSD-krb5-dev": ("devel", [], [], [("/usr/include/krb5.h", 0o444)], (), ("FreeBSD-krb5-lib",), 200,
-                         "/usr/include/krb5", False),
+    "FreeBSD-kerberos-lib-dev": ("devel", [], [], [("/usr/include/krb5.h", 0o444)], (), ("FreeBSD-kerberos-lib",), 200,
+                                 "/usr/include/krb5", False),
     "FreeBSD-zfs-dev": ("devel", [], [], [("/usr/include/libzfs.h", 0o444)], (), ("FreeBSD-zfs",), 300,
                         "/usr/include/zfs", False),
     "FreeBSD-libarchive-dev": ("devel", [], [], [("/usr/include/archive.h", 0o444)], (), ("FreeBSD-libarchive",), 200,
@@ -452,7 +467,7 @@ SETS_15 = {"FreeBSD-runtime": "minimal,minimal-jail", "FreeBSD-clibs": "minimal,
            "FreeBSD-utilities": "minimal,minimal-jail", "FreeBSD-zoneinfo": "minimal,minimal-jail",
            "FreeBSD-openssl-lib": "minimal,minimal-jail", "FreeBSD-openssl": "minimal,minimal-jail",
            "FreeBSD-caroot": "minimal,minimal-jail", "FreeBSD-certctl": "minimal,minimal-jail",
-           "FreeBSD-mtree": "minimal,minimal-jail", "FreeBSD-krb5-lib": "minimal,minimal-jail",
+           "FreeBSD-mtree": "minimal,minimal-jail", "FreeBSD-kerberos-lib": "minimal,minimal-jail",
            "FreeBSD-libarchive": "minimal,minimal-jail", "FreeBSD-libexecinfo": "minimal,minimal-jail",
            "FreeBSD-libucl": "minimal,minimal-jail", "FreeBSD-fetch": "minimal,minimal-jail",
            "FreeBSD-rc": "minimal,minimal-jail", "FreeBSD-pkg-bootstrap": "minimal,minimal-jail",
@@ -466,18 +481,14 @@ def _text(path: str) -> bytes:
 
 def fifteen(pkgs: list[GenPackage], arch: str, seed: str, pkg_conf: Optional[bytes],
             trust: dict[str, bytes]) -> list[GenPackage]:
-    """FreeBSD 15's base repository from 14's model: renames, the packages split out, the
-    notoolchain and devel packages, and the set metapackages (as release/packages/create-sets.sh
-    makes them: one FreeBSD-set-NAME per ``set`` annotation, depending on its members)."""
+    """The base repository of FreeBSD 15 and later lines from 14's model: the packages split out,
+    the notoolchain and devel packages, and the set metapackages (as release/packages/create-sets.sh
+    makes them: one FreeBSD-set-NAME per ``set`` annotation, depending on its members). 14's
+    names stay: 15 renamed none of the packages modelled here."""
     f = Filler(f"{seed}/{arch}/15")
     by = {p.name: p for p in pkgs}
-    for old, (new, origin, comment) in RENAMED_IN_15.items():
-        p = by.pop(old)
-        p.name, p.origin, p.comment = new, origin, comment
-        by[new] = p
     for p in by.values():
         p.files = [g for g in p.files if g.path not in MOVED_IN_15]
-        p.deps = tuple(RENAMED_IN_15.get(d, (d,))[0] for d in p.deps)
         if p.name in SETS_15:
             p.annotations = dict(p.annotations, set=SETS_15[p.name])
     boot = by["FreeBSD-pkg-bootstrap"]
@@ -524,7 +535,8 @@ def fifteen(pkgs: list[GenPackage], arch: str, seed: str, pkg_conf: Optional[byt
 
 
 FIFTEEN_COMMENTS = {
-    "FreeBSD-krb5": "MIT Kerberos utilities", "FreeBSD-ssh": "Secure Shell", "FreeBSD-zfs": "ZFS filesystem",
+    "FreeBSD-kerberos": "Kerberos client", "FreeBSD-ssh": "Secure Shell", "FreeBSD-zfs": "ZFS filesystem",
     "FreeBSD-clang": "Clang C/C++ compiler", "FreeBSD-lld": "LLVM linker", "FreeBSD-lldb": "LLVM debugger",
     "FreeBSD-toolchain": "Binary utilities", "FreeBSD-locales": "Locale data", "FreeBSD-pf": "pf packet filter",
+    "FreeBSD-bmake": "Program maintenance utility", "FreeBSD-xz": "LZMA2 data compression",
 }

@@ -55,7 +55,12 @@ class Difference:
     def human(self) -> str:
         loc = " ".join(x for x in (self.image, self.where) if x)
         what = f"{self.path}: " if self.path else ""
-        vals = "" if self.a is None and self.b is None else f": {self.a!r} != {self.b!r}"
+        if self.a is None and self.b is None:
+            vals = ""
+        elif self.a is None or self.b is None:      # present on one side only: show what is there
+            vals = f": {self.b if self.a is None else self.a!r}"
+        else:
+            vals = f": {self.a!r} != {self.b!r}"
         out = f"{loc}: {what}{self.field}{vals}"
         if self.detail:
             out += "\n" + "\n".join("    " + l for l in self.detail.splitlines())
@@ -436,12 +441,25 @@ def _json_diff(image: str, where: str, a, b, prefix: str = "") -> list[Differenc
         for k in sorted(set(a) | set(b)):
             out += _json_diff(image, where, a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
+    if _named(a) and _named(b):
+        # lists of named things (provenance dependencies, SBOM packages): matched by name, not by position
+        na, nb = {x["name"]: x for x in a}, {x["name"]: x for x in b}
+        out = []
+        for k in sorted(set(na) | set(nb)):
+            out += _json_diff(image, where, na.get(k), nb.get(k), f"{prefix}[{k}]")
+        return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         out = []
         for i, (x, y) in enumerate(zip(a, b)):
             out += _json_diff(image, where, x, y, f"{prefix}[{i}]")
         return out
     return [] if a == b else [Difference(image, where, field=prefix, a=a, b=b)]
+
+
+def _named(value) -> bool:
+    return (isinstance(value, list) and bool(value) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                                             for x in value)
+            and len({x["name"] for x in value}) == len(value))
 
 
 def _platform(desc: dict) -> str:
