@@ -276,9 +276,9 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps({"targets": [t.to_json() for t in ts]}, indent=2))
         return 0
-    rows = [[t.image, t.release, f"{t.arch} ({t.platform})", t.parent or "-", " ".join(t.own_packages) or "-"]
-            for t in ts]
-    print(_table(rows, ["IMAGE", "RELEASE", "ARCH", "PARENT", "ADDS"]))
+    rows = [[t.image, t.release, f"{t.arch} ({t.platform})", t.parent or "-", " ".join(t.cmd) or "-",
+             " ".join(t.own_packages) or "-"] for t in ts]
+    print(_table(rows, ["IMAGE", "RELEASE", "ARCH", "PARENT", "CMD", "ADDS"]))
     return 0
 
 

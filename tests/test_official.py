@@ -490,3 +490,13 @@ def test_makefile_selects_the_family(tmp_path):
     r = subprocess.run(["make", "-n", "-C", str(ROOT), "plan", "FAMILY=official", f"VENV={tmp_path / 'venv'}"],
                        capture_output=True, text=True)
     assert "-m builder plan --family official" in r.stdout
+
+
+def test_plan_shows_each_line_s_runtime_image_as_freebsd_publishes_it(capsys):
+    from builder.cli import main
+    assert main(["plan", "--family", "official", "--release", "14.3", "--json"]) == 0
+    got = {t["image"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
+    assert got["freebsd-runtime"]["cmd"] == ["/bin/sh"] and "freebsd-minimal" not in got
+    assert main(["plan", "--family", "official", "--release", "14.2", "--json"]) == 0
+    got = {t["image"]: t for t in json.loads(capsys.readouterr().out)["targets"]}
+    assert "freebsd-minimal" in got and got["freebsd-minimal"]["cmd"] == [] and "freebsd-runtime" not in got

@@ -24,6 +24,7 @@ class Target:
     packages: tuple[str, ...]
     own_packages: tuple[str, ...]
     family: str = DEFAULT_FAMILY
+    cmd: tuple[str, ...] = ()          # the image's command (config Cmd); () none
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -69,7 +70,7 @@ def targets(project: Project, releases: list[str] | None = None, flavours: list[
                     abi=rel.abi(arch.name),
                     packages=tuple(p.name for p in flavour_packages(rel, fl.packages)),
                     own_packages=tuple(p.name for p in flavour_packages(rel, fl.own_packages)),
-                    family=fam.name))
+                    family=fam.name, cmd=tuple(fl.config.cmd or ())))
     return out
 
 
