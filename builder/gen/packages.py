@@ -132,7 +132,9 @@ def _core_packages(arch: str, f: Filler, seed: str) -> list[GenPackage]:
                _etc("/etc/services"), _etc("/etc/termcap.small"), _etc("/etc/shells"), _etc("/etc/rc.conf"),
                _etc("/etc/profile"), _etc("/etc/nsswitch.conf"), _etc("/etc/hosts"), _etc("/etc/protocols"),
                _etc("/etc/networks"), _etc("/etc/netconfig"),
-               GenFile("/usr/share/misc/termcap", kind="symlink", target="/etc/termcap", mode=0o777)]
+               # as FreeBSD lays it out: the database in /usr/share/misc, /etc/termcap a link to it
+               GenFile("/usr/share/misc/termcap", data=_data("etc/termcap.small"), mode=0o444),
+               GenFile("/etc/termcap", kind="symlink", target="/usr/share/misc/termcap", mode=0o777)]
         + [_lib(p, arch, f, s) for p, s in (("/lib/libutil.so.9", 79 * kb), ("/lib/libedit.so.8", 96 * kb),
                                              ("/lib/libncursesw.so.9", 120 * kb), ("/lib/libxo.so.0", 60 * kb),
                                              ("/lib/libkvm.so.7", 40 * kb), ("/lib/libmd.so.6", 50 * kb),
