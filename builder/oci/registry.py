@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 from builder.common.http import Budget, Http, Reply, RetryPolicy, watching
 from builder.errors import BuildError
 from builder.oci import attest
-from builder.oci.layout import EMPTY_BLOB, INDEX_MT, MANIFEST_MT, Descriptor, Layout, canonical
+from builder.oci.layout import EMPTY_BLOB, INDEX_MT, MANIFEST_MT, Descriptor, Layout, canonical, descriptors
 from builder.oci.sign import (DSSE_MT, DSSE_SCHEME, DSSE_SCHEME_VALUE, DSSE_SIGNED_BY, DSSE_STATEMENT,
                               SigningPlan, dsse_envelope, sign_manifest)
 
@@ -115,39 +115,13 @@ def load_json(data: bytes, what: str) -> Any:
     return doc
 
 
-def _descriptor_problem(d: Any) -> Optional[str]:
-    if not isinstance(d, dict):
-        return "is not an object"
-    if not isinstance(d.get("mediaType"), str):
-        return "has no string mediaType"
-    if not isinstance(d.get("digest"), str) or not _DIGEST.fullmatch(d["digest"]):
-        return "has no digest (sha256:<64 hex>)"
-    if type(d.get("size")) is not int or d["size"] < 0:
-        return "has no integer size"
-    if "artifactType" in d and not isinstance(d["artifactType"], str):
-        return "has an artifactType that is not a string"
-    ann = d.get("annotations")
-    if ann is not None and not (isinstance(ann, dict) and all(isinstance(v, str) for v in ann.values())):
-        return "has annotations that are not strings"
-    return None
-
-
 def referrers_index(data: bytes, what: str) -> list[dict]:
     """The descriptors a referrers index lists (the API's answer or a sha256-<hex> tag), shape-checked:
     an object whose manifests (absent: none) is a list of descriptors."""
     doc = load_json(data, what)
     if not isinstance(doc, dict):
         raise BuildError(f"{what}: a referrers index must be a JSON object; refusing")
-    listed = doc.get("manifests")
-    if listed is None:
-        return []
-    if not isinstance(listed, list):
-        raise BuildError(f"{what}: 'manifests' is not a list; refusing")
-    for n, d in enumerate(listed):
-        problem = _descriptor_problem(d)
-        if problem:
-            raise BuildError(f"{what}: manifests[{n}] {problem}; refusing")
-    return listed
+    return [] if doc.get("manifests") is None else descriptors(doc, "manifests", what)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from builder.install import bdb
 from builder.errors import BuildError
 from builder.common.compress import decompressing
 from builder.install.pkgdb import read_rows, user_version
-from builder.oci.layout import INDEX_MT, Descriptor, Layout, open_regular, valid_digest
+from builder.oci.layout import INDEX_MT, Descriptor, Layout, descriptors, open_regular, parse_document, valid_digest
 
 TEXT_DIFF_LINES = 40
 CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this
@@ -158,24 +158,9 @@ def _unpack_member(path: Path, tar: tarfile.TarFile, m: tarfile.TarInfo, root: P
         shutil.copyfileobj(src, out, 1 << 20)
 
 
-def _registry_doc(data: bytes, what: str) -> dict:
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise BuildError(f"{what}: not a JSON document ({type(exc).__name__}); refusing") from exc
-    if not isinstance(doc, dict):
-        raise BuildError(f"{what}: not a JSON object; refusing")
-    return doc
-
-
 def _descriptors(doc: dict, key: str, what: str, many: bool = True) -> list[dict]:
-    """doc[key] as a list of descriptors, each with a string digest (checked again as a path by Layout)."""
-    value = doc.get(key)
-    items = value if many else [value]
-    if not isinstance(items, list) or not all(isinstance(d, dict) and isinstance(d.get("digest"), str)
-                                             for d in items):
-        raise BuildError(f"{what}: {key!r} is not {'a list of descriptors' if many else 'a descriptor'}; refusing")
-    return items
+    """doc[key] as checked descriptors: a list of them, or (many False) one."""
+    return descriptors(doc, key, what) if many else descriptors({key: [doc.get(key)]}, key, what)
 
 
 def _from_registry(spec: str, insecure: bool, with_referrers: bool = False) -> Source:
@@ -209,7 +194,7 @@ def _from_registry(spec: str, insecure: bool, with_referrers: bool = False) -> S
 
         data = reg.request("GET", f"/v2/{repo}/manifests/{tag}", f"repository:{repo}:pull",
                            headers={"Accept": ACCEPT}).content
-        top = _registry_doc(data, f"{spec}: manifest")
+        top = parse_document(data, f"{spec}: manifest")
         digest, size = layout.put_bytes(data)
         mans = [m["digest"] for m in _descriptors(top, "manifests", f"{spec}: index")] if "manifests" in top else [digest]
 
@@ -217,7 +202,7 @@ def _from_registry(spec: str, insecure: bool, with_referrers: bool = False) -> S
             if not layout.has_blob(md):
                 store(reg.request("GET", f"/v2/{repo}/manifests/{md}", f"repository:{repo}:pull",
                                   headers={"Accept": ACCEPT}).content, md, what)
-            m = _registry_doc(layout.read_blob(md), what)
+            m = parse_document(layout.read_blob(md), what)
             for blob in _descriptors(m, "config", what, many=False) + _descriptors(m, "layers", what):
                 fetch(blob["digest"], what)
 
