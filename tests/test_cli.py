@@ -61,7 +61,8 @@ def _report() -> dict:
     image = {"image": "freebsd14.2-small", "tags": ["14.2", "14"], "index": "sha256:i", "action": "published",
              "previous": None, "signatures": "/look/ns/img@sha256=i",
              "platforms": [platform, dict(platform, arch="aarch64", platform="arm64", closure=None, referrers=[],
-                                          signatures=None)]}
+                                          signatures=None)],
+             "advisories": {"open": ["v2"], "fixed": ["v1"], "new": []}}
     push = {"uploaded": 3, "uploaded_bytes": 10, "mounted": 1, "skipped": 0, "manifests": 2, "manifests_skipped": 0,
             "requests": 9, "referrers": 2, "referrers_unchanged": 0, "referrer_blobs": 3, "referrer_tags": 0,
             "signatures": 4}
@@ -71,7 +72,8 @@ def _report() -> dict:
                "changed_since_last_publish": [{"package": "p", "old": None, "new": "2", "arches": ["amd64", "aarch64"]}],
                "reproducible": False, "differences": ["x differs"], "images": [image], "published": True,
                "signed": True, "push": push, "writer_drift": ["libzstd: zstandard 0.23.0 running libzstd 1.5.7 is "
-                                                               "another version"]}
+                                                               "another version"],
+               "unlike_independent": ["freebsd14.2-small:14.2 layer 4/4: /bin/x: mode"]}
     return {"releases": [release, dict(release, family="default", reproducible=None, push=None, images=[])]}
 
 
@@ -86,4 +88,6 @@ def test_nightly_report_round_trips_its_json():
     assert "- freebsd14.2-small (amd64): /usr/bin/x needs libx.so.1: not needed here" in md
     assert "- p (new) \u2192 2 (amd64, aarch64)" in md
     assert "- libzstd: zstandard 0.23.0 running libzstd 1.5.7 is another version" in md
+    assert "Not published: the layout differs from an independent build without caches" in md
+    assert "- freebsd14.2-small: fixed by this build: v1; still open: v2" in md
     assert "application/spdx+json `sha256:s`; signatures in `/look/ns/img@sha256=m`" in md
