@@ -11,7 +11,8 @@ regions of it:
   layouts lld and GNU ld produce, .dynstr (it precedes the code);
 - the PT_INTERP and PT_DYNAMIC contents, captured as they stream by (the
   program headers, read first, say where they are);
-- each string the dynamic section refers to, at most ``MAX_STRING`` bytes.
+- each string the dynamic section refers to, at most ``MAX_STRING`` bytes,
+  and at most ``MAX_FILE_STRINGS`` bytes together.
 
 A string that had already streamed past, outside the prefix, when the
 dynamic section arrived cannot be read again from this stream. ``finish``
@@ -22,6 +23,13 @@ PREFIX + MAX_PHDRS + MAX_INTERP + MAX_DYNAMIC + MAX_STRINGS * MAX_STRING
 (4 MiB + 64 KiB + 4 KiB + 1 MiB + 1 MiB, about 6.1 MiB) whatever the file's
 size, and the prefix is dropped as soon as the answer is complete.
 
+The strings an answer keeps go through a ``StringTable`` shared by every
+file of one scan: each distinct string is kept once, so three thousand files
+naming the same 255 libraries hold one copy of each name, and the distinct
+bytes of the whole scan are bounded (``MAX_SCAN_STRINGS``). A file or a scan
+over its bound gets a ``problem`` and the table's ``refused`` says why, for
+the scan to refuse the package.
+
 Nothing here raises on a malformed file: offsets outside the file, sizes over
 the caps, unterminated strings and the like give an ``ElfInfo`` whose
 ``problem`` says what is wrong, and the caller decides.
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, NoReturn, Optional
 
 PREFIX = 4 << 20
 MAX_PHDRS = 64 << 10
@@ -38,6 +46,13 @@ MAX_INTERP = 4096
 MAX_DYNAMIC = 1 << 20
 MAX_STRING = 4096
 MAX_STRINGS = 256
+# What one file's answer may keep: real objects name a few dozen libraries and
+# a run path or two, a few KB; 255 names of 4 KB each (1 MiB) is an attack.
+MAX_FILE_STRINGS = 64 << 10
+# The distinct dynamic strings of one scan (a package), each counted once with
+# its object's overhead: a whole pkgbase set has well under 1 MB of them.
+MAX_SCAN_STRINGS = 16 << 20
+_STRING_OVERHEAD = 64
 # Each pass learns at least one more link of header -> program headers ->
 # dynamic segment -> strings, so four passes always suffice.
 MAX_PASSES = 4
@@ -105,6 +120,47 @@ class _Malformed(Exception):
     pass
 
 
+class StringTable:
+    """The dynamic strings kept by every ELF file of one scan, each distinct string once.
+
+    Not thread-safe: one scan, one table. Once over a bound it keeps nothing
+    more and ``refused`` says why; the readers then answer with that problem.
+    """
+
+    def __init__(self, limit: int = MAX_SCAN_STRINGS):
+        self.limit = limit
+        self.size = 0
+        self.refused: Optional[str] = None
+        self._kept: dict[str, str] = {}
+
+    def keep(self, raw: list[Optional[bytes]]) -> list[Optional[str]]:
+        """The strings of one file's answer (None stays None), shared with every earlier file's copy."""
+        total = sum(len(b) for b in raw if b is not None)
+        if total > MAX_FILE_STRINGS:
+            self._refuse(f"its dynamic section names {total} bytes of strings, over the limit of "
+                                f"{MAX_FILE_STRINGS} bytes for one ELF file")
+        out: list[Optional[str]] = []
+        for b in raw:
+            if b is None:
+                out.append(None)
+                continue
+            s = b.decode("utf-8", "surrogateescape")
+            kept = self._kept.get(s)
+            if kept is None:
+                self.size += len(b) + _STRING_OVERHEAD
+                if self.size > self.limit:
+                    self._refuse(f"its ELF files name over {self.limit} bytes of distinct dynamic strings "
+                                        "(DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH, PT_INTERP)")
+                kept = self._kept[s] = s
+            out.append(kept)
+        return out
+
+    def _refuse(self, why: str) -> NoReturn:
+        if self.refused is None:
+            self.refused = why
+        raise _Malformed(why)
+
+
 class _Wait(Exception):
     """A region is not complete yet (or was missed): try again with more of the stream."""
 
@@ -112,14 +168,17 @@ class _Wait(Exception):
 class ElfReader:
     """Feed a file's bytes in order with ``feed``; ``finish`` gives the ElfInfo."""
 
-    def __init__(self, size: int, want: Iterable[tuple[int, int]] = (), prefix: Optional[int] = None):
+    def __init__(self, size: int, want: Iterable[tuple[int, int]] = (), prefix: Optional[int] = None,
+                 strings: Optional[StringTable] = None):
         self.size = size
+        self.strings = strings if strings is not None else StringTable()
         self.pos = 0
         self.limit = max(0, min(PREFIX if prefix is None else prefix, size))
         self.head = bytearray()
         self.captured: dict[tuple[int, int], bytearray] = {}
-        self.used: list[tuple[int, int]] = []    # every region the answer needed, in order
-        self.missed: list[tuple[int, int]] = []
+        # every region the answer needed, in order (a dict: 255 strings must not cost 255 scans of a list)
+        self.used: dict[tuple[int, int], None] = {}
+        self.missed: dict[tuple[int, int], None] = {}
         self.info: Optional[ElfInfo] = None
         self._chunk_start = 0
         self._chunk = b""
@@ -163,7 +222,7 @@ class ElfReader:
 
     @property
     def regions(self) -> list[tuple[int, int]]:
-        return list(dict.fromkeys(self.used + self.missed))
+        return list(dict.fromkeys([*self.used, *self.missed]))
 
     def _take(self, key: tuple[int, int], buf: bytearray) -> None:
         off, n = key
@@ -178,8 +237,7 @@ class ElfReader:
         key = (off, n)
         if key in self.missed:
             raise _Wait()
-        if key not in self.used:
-            self.used.append(key)
+        self.used.setdefault(key)
         if off + n <= len(self.head):
             return bytes(self.head[off:off + n])
         buf = self.captured.get(key)
@@ -187,7 +245,7 @@ class ElfReader:
             # Start from what the prefix holds; the rest must still be ahead in the stream.
             buf = bytearray(self.head[off:off + n]) if off < len(self.head) else bytearray()
             if off + len(buf) < self._chunk_start:
-                self.missed.append(key)
+                self.missed.setdefault(key)
                 raise _Wait()
             self.captured[key] = buf
             self._take(key, buf)
@@ -291,12 +349,40 @@ class ElfReader:
             self._dyn = (strtab, strsz, refs)
         return self._dyn
 
-    def _string(self, where: int, limit: int, what: str) -> str:
+    def _string(self, where: int, limit: int, what: str) -> bytes:
         raw = self._region(where, limit, what)
         nul = raw.find(b"\0")
         if nul < 0:
             raise _Malformed(f"{what} at offset {where:#x} is not NUL-terminated within {limit} bytes")
-        return raw[:nul].decode("utf-8", "surrogateescape")
+        return raw[:nul]
+
+    def _strings(self, loads: tuple, strtab: Optional[int], strsz: Optional[int],
+                 refs: list[tuple[int, int]]) -> list[tuple[int, bytes]]:
+        """(tag, string) for each reference, in order; raises _Wait once every missing one is asked for."""
+        if not refs:
+            return []
+        if strtab is None:
+            raise _Malformed("dynamic section names strings but has no DT_STRTAB")
+        # DT_STRTAB is an address: the PT_LOAD segment that maps it gives the file offset.
+        table = next((o + strtab - v for o, v, n in loads if v <= strtab < v + n), None)
+        if table is None:
+            raise _Malformed(f"DT_STRTAB {strtab:#x} is not in any loaded segment")
+        span = strsz if strsz is not None else self.size - table
+        if table + span > self.size:
+            raise _Malformed(f"string table at {table:#x} (+{span}) lies outside the file ({self.size} bytes)")
+        got: dict[int, bytes] = {}    # a string named by many entries is read once
+        waiting = False
+        for _, val in refs:
+            if val >= span:
+                raise _Malformed(f"string offset {val:#x} is beyond the string table ({span} bytes)")
+            if val not in got:
+                try:
+                    got[val] = self._string(table + val, min(MAX_STRING, span - val), "dynamic string")
+                except _Wait:
+                    waiting = True
+        if waiting:
+            raise _Wait()
+        return [(tag, got[val]) for tag, val in refs]
 
     def _parse(self) -> ElfInfo:
         klass, end, etype, machine = self._header()[:4]
@@ -314,32 +400,21 @@ class ElfReader:
                 interp = self._string(off, n, "interpreter path")
             except _Wait:
                 waiting = True
-        if dyn_seg is None:
-            if waiting:
-                raise _Wait()
-            return ElfInfo(**base, interp=interp)
-        strtab, strsz, refs = self._dynamic()
-        strings: dict[int, list[str]] = {DT_NEEDED: [], DT_SONAME: [], DT_RPATH: [], DT_RUNPATH: []}
-        if refs:
-            if strtab is None:
-                raise _Malformed("dynamic section names strings but has no DT_STRTAB")
-            # DT_STRTAB is an address: the PT_LOAD segment that maps it gives the file offset.
-            table = next((o + strtab - v for o, v, n in loads if v <= strtab < v + n), None)
-            if table is None:
-                raise _Malformed(f"DT_STRTAB {strtab:#x} is not in any loaded segment")
-            span = strsz if strsz is not None else self.size - table
-            if table + span > self.size:
-                raise _Malformed(f"string table at {table:#x} (+{span}) lies outside the file ({self.size} bytes)")
-            for tag, val in refs:
-                if val >= span:
-                    raise _Malformed(f"string offset {val:#x} is beyond the string table ({span} bytes)")
-                try:
-                    strings[tag].append(self._string(table + val, min(MAX_STRING, span - val), "dynamic string"))
-                except _Wait:
-                    waiting = True
+        refs: list[tuple[int, bytes]] = []
+        if dyn_seg is not None:
+            try:
+                refs = self._strings(loads, *self._dynamic())
+            except _Wait:
+                waiting = True
         if waiting:
             raise _Wait()
-        return ElfInfo(**base, interp=interp, needed=tuple(strings[DT_NEEDED]),
+        kept = self.strings.keep([interp] + [raw for _, raw in refs])
+        strings: dict[int, list[str]] = {DT_NEEDED: [], DT_SONAME: [], DT_RPATH: [], DT_RUNPATH: []}
+        for (tag, _), s in zip(refs, kept[1:]):
+            strings[tag].append(s)
+        if dyn_seg is None:
+            return ElfInfo(**base, interp=kept[0])
+        return ElfInfo(**base, interp=kept[0], needed=tuple(strings[DT_NEEDED]),
                        soname=strings[DT_SONAME][-1] if strings[DT_SONAME] else None,
                        rpath=tuple(strings[DT_RPATH]), runpath=tuple(strings[DT_RUNPATH]), dynamic=True)
 
@@ -348,7 +423,8 @@ def is_elf(head: bytes) -> bool:
     return head[:4] == b"\x7fELF"
 
 
-def parse(data: bytes, prefix: Optional[int] = None, chunk: int = 1 << 16) -> Optional[ElfInfo]:
+def parse(data: bytes, prefix: Optional[int] = None, chunk: int = 1 << 16,
+          strings: Optional[StringTable] = None) -> Optional[ElfInfo]:
     """The ElfInfo of a file in memory (None if it is not ELF).
 
     With a ``prefix`` smaller than the file it is read the way a package
@@ -358,7 +434,7 @@ def parse(data: bytes, prefix: Optional[int] = None, chunk: int = 1 << 16) -> Op
         return None
     want: list[tuple[int, int]] = []
     for _ in range(MAX_PASSES):
-        reader = ElfReader(len(data), want, len(data) if prefix is None else prefix)
+        reader = ElfReader(len(data), want, len(data) if prefix is None else prefix, strings)
         for i in range(0, len(data), chunk):
             reader.feed(data[i:i + chunk])
         info = reader.finish()

@@ -16,6 +16,7 @@ from typing import BinaryIO, Iterator, Optional
 from builder.errors import BuildError
 from builder.common.archive import iter_tar
 from builder.install.fsmodel import normalise
+from builder.resolve.catalogue import check_manifest_values
 
 # pkg's own manifests stay under a few MB even for the largest packages (FreeBSD-src);
 # anything bigger is refused unread, however small the compressed package is.
@@ -121,13 +122,15 @@ class PackageReader:
     def _parse(self, name: str, raw: bytes) -> dict:
         try:
             doc = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
+            # ValueError beyond JSONDecodeError: a number of over 4300 digits (int's guard)
             raise BuildError(f"{self.what}: {name} is not valid JSON: {exc}") from exc
         except RecursionError as exc:
             raise BuildError(f"{self.what}: {name} is JSON nested too deeply; refusing") from exc
         if not isinstance(doc, dict):
             raise BuildError(f"{self.what}: {name} is not a JSON object")
         check_manifest_types(doc, self.what, name)
+        check_manifest_values(doc, raw, self.what, name)
         missing = [k for k in ("name", "origin", "version") if k not in doc]
         if name == "+MANIFEST" and missing:
             raise BuildError(f"{self.what}: {name} has no {', '.join(missing)}")

@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO, Optional
 
 from builder.errors import BuildError
 from builder.install import elf
 from builder.install.fsmodel import FileSystem, Node, check_symlink
-from builder.install.pkgfile import PackageReader
+from builder.install.pkgfile import Entry, PackageReader
 from builder.common.compress import Limit
 from builder.common.hashing import HashingReader
 
@@ -52,21 +53,21 @@ def check_elf(head: bytes, arch: str, what: str, path: str) -> None:
                          f"not {arch} (machine {want[1]}, class {want[0]})")
 
 
-def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPackage:
+def scan_package(pkg_path: Path, name: str, arch: str, epoch: int, version: Optional[str] = None) -> ScannedPackage:
+    """Scan one package; ``version``, when given, is the version its signed catalogue entry (the lock) names."""
     what = f"package {name} ({Path(pkg_path).name})"
     limit = Limit(None)
     out = ScannedPackage(name, Path(pkg_path), {})
     seen: dict[str, Node] = {}
     again: dict[str, tuple[int, list]] = {}   # ELF files to read once more: path -> (size, regions)
+    strings = elf.StringTable()   # one per package: its files share their library names
     with open(pkg_path, "rb") as raw:
         fh = HashingReader(raw)
         pkg_reader = PackageReader(fh, what, limit)
         for entry, stream in pkg_reader.entries():
             if limit.value is None:
-                flat = int(pkg_reader.manifest.get("flatsize") or 0)
-                limit.value = 2 * flat + BOMB_SLACK
-                if pkg_reader.manifest.get("name") not in (None, name):
-                    raise BuildError(f"{what}: manifest says it is {pkg_reader.manifest.get('name')}")
+                _check_identity(pkg_reader.manifest, name, version, what)
+                limit.value = 2 * int(pkg_reader.manifest.get("flatsize") or 0) + BOMB_SLACK
             path = entry.path   # normalised by PackageReader, as the layer writer reads it back
             if path == "/":
                 if entry.kind == "dir":
@@ -77,32 +78,7 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
                                  f"the same path as an earlier member)")
             mtime = min(entry.mtime, epoch)
             if entry.kind == "file":
-                h = hashlib.sha256()
-                head = b""
-                size = 0
-                keep = [] if entry.config else None
-                reader = None
-                while chunk := stream.read(1 << 16):
-                    if not head:
-                        head = chunk[:64]
-                        if elf.is_elf(head):
-                            reader = elf.ElfReader(entry.size)
-                    if reader is not None:
-                        reader.feed(chunk)
-                    h.update(chunk)
-                    size += len(chunk)
-                    if keep is not None:
-                        keep.append(chunk)
-                if keep is not None:
-                    out.config[path] = b"".join(keep)
-                check_elf(head, arch, what, path)
-                info = None
-                if reader is not None:
-                    info = reader.finish()
-                    if info is None:
-                        again[path] = (entry.size, reader.regions)
-                node = Node(path, "file", entry.mode, entry.uname, entry.gname, mtime, size, h.hexdigest(),
-                            owner=name, source=f"pkg:{name}", elf=info, offset=entry.offset)
+                node = _scan_file(entry, stream, out, arch, mtime, what, strings, again)
             elif entry.kind == "dir":
                 node = Node(path, "dir", entry.mode, entry.uname, entry.gname, mtime, owner=name, source=f"pkg:{name}")
             elif entry.kind == "symlink":
@@ -124,8 +100,10 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
             out.nodes.append(node)
         out.manifest = pkg_reader.manifest
         out.sha256 = fh.finish()
+    if limit.value is None:   # no payload entry came to check it on the way
+        _check_identity(out.manifest, name, version, what)
     if again:
-        found = _read_again(pkg_path, what, limit, again)
+        found = _read_again(pkg_path, what, limit, again, strings)
         out.nodes = [replace(n, elf=found[n.target if n.kind == "hardlink" else n.path])
                      if n.kind in ("file", "hardlink") and (n.target if n.kind == "hardlink" else n.path) in found
                      else n for n in out.nodes]
@@ -135,7 +113,55 @@ def scan_package(pkg_path: Path, name: str, arch: str, epoch: int) -> ScannedPac
     return out
 
 
-def _read_again(pkg_path: Path, what: str, limit: Limit, files: dict[str, tuple[int, list]]) -> dict[str, elf.ElfInfo]:
+def _check_identity(manifest: dict, name: str, version: Optional[str], what: str) -> None:
+    """The package is the one its signed catalogue entry names: a signed catalogue vouches for
+    the file's bytes, and the SBOM and pkg's database say what the +MANIFEST says."""
+    if manifest.get("name") not in (None, name):
+        raise BuildError(f"{what}: manifest says it is {manifest.get('name')}")
+    if version is not None and manifest.get("version") != version:
+        raise BuildError(f"{what}: its +MANIFEST says version {manifest.get('version')}, its catalogue entry "
+                         f"(the lock) says {version}; refusing")
+
+
+def _scan_file(entry: Entry, stream: BinaryIO, out: ScannedPackage, arch: str, mtime: int, what: str,
+               strings: elf.StringTable, again: dict[str, tuple[int, list]]) -> Node:
+    """Hash a regular file as it streams by, keep a config file's bytes, read an ELF file's dynamic section."""
+    h = hashlib.sha256()
+    head = b""
+    size = 0
+    keep = [] if entry.config else None
+    reader = None
+    while chunk := stream.read(1 << 16):
+        if not head:
+            head = chunk[:64]
+            if elf.is_elf(head):
+                reader = elf.ElfReader(entry.size, strings=strings)
+        if reader is not None:
+            reader.feed(chunk)
+        h.update(chunk)
+        size += len(chunk)
+        if keep is not None:
+            keep.append(chunk)
+    if keep is not None:
+        out.config[entry.path] = b"".join(keep)
+    check_elf(head, arch, what, entry.path)
+    info = None
+    if reader is not None:
+        info = reader.finish()
+        _check_strings(strings, what, entry.path)
+        if info is None:
+            again[entry.path] = (entry.size, reader.regions)
+    return Node(entry.path, "file", entry.mode, entry.uname, entry.gname, mtime, size, h.hexdigest(),
+                owner=out.name, source=f"pkg:{out.name}", elf=info, offset=entry.offset)
+
+
+def _check_strings(strings: elf.StringTable, what: str, path: str) -> None:
+    if strings.refused is not None:
+        raise BuildError(f"{what}: {path}: {strings.refused}; refusing the package")
+
+
+def _read_again(pkg_path: Path, what: str, limit: Limit, files: dict[str, tuple[int, list]],
+                strings: elf.StringTable) -> dict[str, elf.ElfInfo]:
     """Stream the package again for the ELF files whose dynamic strings streamed past unkept."""
     found: dict[str, elf.ElfInfo] = {}
     for _ in range(elf.MAX_PASSES - 1):
@@ -144,10 +170,11 @@ def _read_again(pkg_path: Path, what: str, limit: Limit, files: dict[str, tuple[
                 if entry.kind != "file" or entry.path not in files or entry.path in found:
                     continue
                 size, regions = files[entry.path]
-                reader = elf.ElfReader(size, regions)
+                reader = elf.ElfReader(size, regions, strings=strings)
                 while chunk := stream.read(1 << 16):
                     reader.feed(chunk)
                 info = reader.finish()
+                _check_strings(strings, what, entry.path)
                 if info is not None:
                     found[entry.path] = info
                 else:
@@ -155,7 +182,7 @@ def _read_again(pkg_path: Path, what: str, limit: Limit, files: dict[str, tuple[
         if len(found) == len(files):
             return found
     for path, (size, regions) in files.items():
-        found.setdefault(path, elf.ElfReader(size, regions).give_up())
+        found.setdefault(path, elf.ElfReader(size, regions, strings=strings).give_up())
     return found
 
 

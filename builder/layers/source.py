@@ -58,7 +58,8 @@ class PackageSource:
                 if cache else ""
             got = cache.get(key) if cache else None
             if got is None:
-                got = scan_package(self.path(name), name, self.arch, self.epoch)
+                got = scan_package(self.path(name), name, self.arch, self.epoch,
+                                   version=locked.version if locked else None)
                 # the bytes scanned are the bytes verified: a file swapped in the download cache after
                 # its check must not reach the image, nor be filed under the honest package's key
                 want = sha256_of(locked.sum) if locked else None

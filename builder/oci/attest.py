@@ -10,12 +10,14 @@ deterministic and never enter the layout.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 from builder import FORMAT_VERSION, __version__
 from builder.config.release import Release
+from builder.errors import BuildError
 from builder.common.http import http_url
 from builder.oci.image import TOOL, rfc3339
 from builder.oci.layout import EMPTY_BLOB, EMPTY_MT, MANIFEST_MT, Descriptor, Layout, canonical
@@ -90,10 +92,14 @@ def package_records(manifests: dict[str, dict], locked: ArchLock, release: Relea
     for name in sorted(manifests):
         m = manifests[name]
         lp = locked.packages[name]
+        if m.get("version", lp.version) != lp.version:
+            # the lock is the signed catalogue's word: an SBOM must not name a version nobody signed
+            raise BuildError(f"package {name}: its +MANIFEST says version {m.get('version')}, the lock (its signed "
+                             f"catalogue entry) says {lp.version}; refusing")
         repo = repos.get(lp.repository)
         base = http_url(repo.url_for(locked.abi)) if repo else ""
         out.append(PackageRecord(
-            name=name, version=m.get("version", lp.version), origin=m.get("origin", lp.origin), sha256=lp.sum,
+            name=name, version=lp.version, origin=m.get("origin", lp.origin), sha256=lp.sum,
             download=f"{base.rstrip('/')}/{lp.path.lstrip('/')}" if base else "",
             licenses=tuple(m.get("licenses") or ()), license_logic=m.get("licenselogic") or "single",
             deps=tuple(sorted(m.get("deps") or ())), comment=m.get("comment") or "", homepage=m.get("www") or ""))
@@ -104,30 +110,73 @@ def _spdx_id(kind: str, name: str) -> str:
     return f"SPDXRef-{kind}-" + re.sub(r"[^A-Za-z0-9.-]", "-", name)
 
 
-def license_expression(names: tuple[str, ...], logic: str) -> tuple[str, dict[str, str]]:
-    """(SPDX license expression, LicenseRef id -> ports name for the names that map to no SPDX id)."""
-    ids, refs = [], {}
+def _license_ref(name: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9.-]", "-", name)
+    if clean != name:
+        # sanitising lost something: "Foo+Bar" and "Foo Bar" must stay two licences
+        clean += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return "LicenseRef-FreeBSD-" + clean
+
+
+def license_refs(names: Iterable[str]) -> dict[str, str]:
+    """Ports licence name -> LicenseRef id, for the names with no SPDX identifier; distinct names, distinct ids.
+
+    A name sanitising leaves alone keeps its plain id (LicenseRef-FreeBSD-PD);
+    one it changes gets a hash of itself. A name made to look like another's
+    hashed id still gets an id of its own: the names are taken in sorted order
+    and a taken id gets a counter.
+    """
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for n in sorted(set(names)):
+        if n in SPDX_LICENSES or n in _SPDX_IDS:
+            continue
+        ref, k = _license_ref(n), 1
+        while ref in taken:
+            k += 1
+            ref = f"{_license_ref(n)}-{k}"
+        taken.add(ref)
+        out[n] = ref
+    return out
+
+
+def license_expression(names: tuple[str, ...], logic: str,
+                       refs: Optional[dict[str, str]] = None) -> tuple[str, dict[str, str]]:
+    """(SPDX license expression, LicenseRef id -> ports name for the names that map to no SPDX id).
+
+    ``refs`` (from ``license_refs``) are the ids of the whole document, so that
+    two packages never give one id to two names; by default, these names' own.
+    """
+    refs = license_refs(names) if refs is None else refs
+    ids, used = [], {}
     for n in names:
         if n in SPDX_LICENSES:
             ids.append(SPDX_LICENSES[n])
         elif n in _SPDX_IDS:
             ids.append(n)
         else:
-            ref = "LicenseRef-FreeBSD-" + re.sub(r"[^A-Za-z0-9.-]", "-", n)
-            refs[ref] = n
-            ids.append(ref)
+            used[refs[n]] = n
+            ids.append(refs[n])
     ids = list(dict.fromkeys(ids))
     if not ids:
         return "NOASSERTION", {}
-    return LOGIC.get(logic, " AND ").join(ids), refs
+    return LOGIC.get(logic, " AND ").join(ids), used
+
+
+# What SPDX tools take for a URL (spdx-tools' uri_validators wants a DNS name with a
+# letter TLD), in RFC 3986's characters only: no blank, no control character.
+_URL = re.compile(r"(https?|ftp)://([A-Za-z0-9]+(?:[-.][A-Za-z0-9]+)*\.[A-Za-z]{2,63})(:[0-9]{1,5})?"
+                  r"(/[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*)?")
+# An external reference locator: one printable word (spdx-tools refuses a blank in category OTHER).
+_LOCATOR = re.compile(r"[!-~]+")
 
 
 def _download(url: str) -> str:
     # SPDX wants a URL with a lower-case host; pkg's file:// test mirrors have none to give
-    m = re.match(r"^(https?|ftp)://([^/]+)(/.*)?$", url)
+    m = _URL.fullmatch(url)
     if not m:
         return "NOASSERTION"
-    return f"{m.group(1)}://{m.group(2).lower()}{m.group(3) or ''}"
+    return f"{m.group(1)}://{m.group(2).lower()}{m.group(3) or ''}{m.group(4) or ''}"
 
 
 def sbom(subject: ImageSubject, packages: list[PackageRecord], epoch: int,
@@ -162,32 +211,9 @@ def sbom(subject: ImageSubject, packages: list[PackageRecord], epoch: int,
     }]
     relationships = [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
                       "relatedSpdxElement": image_id}]
+    refs = license_refs(n for p in packages for n in p.licenses)
     for p in packages:
-        expr, refs = license_expression(p.licenses, p.license_logic)
-        extracted.update(refs)
-        pkg = {
-            "SPDXID": ids[p.name],
-            "name": p.name,
-            "versionInfo": p.version,
-            "supplier": SUPPLIER,
-            "downloadLocation": _download(p.download),
-            "filesAnalyzed": False,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": p.sha256}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": expr,
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [{"referenceCategory": "OTHER", "referenceType": "freebsd-pkg-origin",
-                              "referenceLocator": p.origin,
-                              "comment": "the package's origin in the FreeBSD source or ports tree"}],
-        }
-        if p.comment:
-            pkg["summary"] = p.comment
-        if p.homepage and _download(p.homepage) != "NOASSERTION":
-            pkg["homepage"] = _download(p.homepage)
-        absent = [d for d in p.deps if d not in ids]
-        if absent:
-            pkg["comment"] = "declared dependencies not installed in this image: " + ", ".join(absent)
-        spdx_packages.append(pkg)
+        spdx_packages.append(_package(p, ids, refs, extracted))
         relationships.append({"spdxElementId": image_id, "relationshipType": "CONTAINS",
                               "relatedSpdxElement": ids[p.name]})
         relationships += [{"spdxElementId": ids[p.name], "relationshipType": "DEPENDS_ON",
@@ -210,6 +236,44 @@ def sbom(subject: ImageSubject, packages: list[PackageRecord], epoch: int,
                               "name), which has no SPDX License List identifier."}
             for ref, name in sorted(extracted.items())]
     return doc
+
+
+def _package(p: PackageRecord, ids: dict[str, str], refs: dict[str, str], extracted: dict[str, str]) -> dict:
+    """One package's SPDX entry; the LicenseRefs it uses are added to ``extracted``."""
+    expr, used = license_expression(p.licenses, p.license_logic, refs)
+    extracted.update(used)
+    pkg: dict = {
+        "SPDXID": ids[p.name],
+        "name": p.name,
+        "versionInfo": p.version,
+        "supplier": SUPPLIER,
+        "downloadLocation": _download(p.download),
+        "filesAnalyzed": False,
+        "checksums": [{"algorithm": "SHA256", "checksumValue": p.sha256}],
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": expr,
+        "copyrightText": "NOASSERTION",
+    }
+    notes = []
+    # Manifest text an SPDX validator would refuse is left out, and the comment says so.
+    if _LOCATOR.fullmatch(p.origin):
+        pkg["externalRefs"] = [{"referenceCategory": "OTHER", "referenceType": "freebsd-pkg-origin",
+                                "referenceLocator": p.origin,
+                                "comment": "the package's origin in the FreeBSD source or ports tree"}]
+    else:
+        notes.append(f"origin {p.origin!r} left out: not a valid external reference locator (one printable word)")
+    if p.comment:
+        pkg["summary"] = p.comment
+    if p.homepage and _download(p.homepage) != "NOASSERTION":
+        pkg["homepage"] = _download(p.homepage)
+    elif p.homepage:
+        notes.append(f"homepage {p.homepage!r} left out: not a valid URL")
+    absent = [d for d in p.deps if d not in ids]
+    if absent:
+        notes.append("declared dependencies not installed in this image: " + ", ".join(absent))
+    if notes:
+        pkg["comment"] = "; ".join(notes)
+    return pkg
 
 
 def sbom_packages(doc: dict) -> set[tuple[str, str]]:

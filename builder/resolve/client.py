@@ -66,7 +66,7 @@ def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalog
         built = 0
         for m, tar in archive.iter_tar(io.BytesIO(blob), f"{what}: {archive_name}", CATALOGUE_LIMIT):
             if m.name in wanted and m.isfile():
-                members[m.name] = tar.extractfile(m).read()
+                members[m.name] = _read_member(tar, m, f"{what}: {archive_name}")
                 if m.name == member:
                     built = int(m.mtime)
         if member not in members:
@@ -75,6 +75,28 @@ def fetch_catalogue(transport: Transport, repo: Repository, abi: str) -> Catalog
                          fingerprints=repo.fingerprints, pubkey=repo.pubkey)
         return parse_catalogue(member, members[member], repo.key, base, meta, built)
     raise BuildError(f"{what}: no catalogue ({', '.join(c[0] for c in candidates)})")
+
+
+def _read_member(tar, m, what: str) -> bytearray:
+    """A catalogue archive member, read into one buffer of its size.
+
+    Reading it whole joins the chunks read into a second copy: for a catalogue
+    of hundreds of MB, twice its size at the peak. The tar header's size is
+    bounded first, so a header's lie cannot allocate more than the bound.
+    """
+    if m.size > CATALOGUE_LIMIT:
+        raise BuildError(f"{what}: {m.name} is {m.size} bytes, over the limit of {CATALOGUE_LIMIT} bytes; refusing")
+    buf = bytearray(m.size)
+    n = 0
+    with memoryview(buf) as view:
+        f = tar.extractfile(m)
+        while n < m.size:
+            got = f.readinto(view[n:n + (1 << 20)])
+            if not got:
+                break
+            n += got
+    del buf[n:]
+    return buf
 
 
 def fetch_package(transport: Transport, cache: Cache, repo: Repository, abi: str, pkg: RemotePackage) -> Path:

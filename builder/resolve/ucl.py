@@ -11,6 +11,8 @@ import re
 
 from builder.errors import BuildError
 
+# what JSON's "\ud800" escapes decode to: no file name, URL, message or UTF-8 document can hold one
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _LINE = re.compile(r"""^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(?:=|:)?\s*(.*?)\s*;?\s*$""")
 
 
@@ -29,6 +31,8 @@ def parse(text: str, source: str) -> dict[str, object]:
                 out[key] = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise BuildError(f"{source}:{lineno}: bad string {value!r}") from exc
+            if LONE_SURROGATE.search(out[key]):
+                raise BuildError(f"{source}:{lineno}: bad string {value!r}")
         elif re.fullmatch(r"-?[0-9]+", value):
             out[key] = int(value)
         elif value.lower() in ("true", "yes", "on"):
