@@ -77,11 +77,15 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+def _grammar(value: str, pattern, what: str, expected: str) -> str:
+    """value if the distribution spec's grammar admits it, else a refusal naming what, the value and the rule."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BuildError(f"{what}: {str(value)[:300]!r} is not {expected}; refusing")
+    return value
+
+
 def check_tag(tag: str, what: str) -> str:
-    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-        raise BuildError(f"{what}: {str(tag)[:300]!r} is not a tag ([A-Za-z0-9_] then up to 127 of "
-                         "[A-Za-z0-9._-]); refusing")
-    return tag
+    return _grammar(tag, _TAG, what, "a tag ([A-Za-z0-9_] then up to 127 of [A-Za-z0-9._-])")
 
 
 def check_reference(ref: str, what: str) -> str:
@@ -90,10 +94,7 @@ def check_reference(ref: str, what: str) -> str:
 
 
 def check_digest(digest: str, what: str) -> str:
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise BuildError(f"{what}: {str(digest)[:300]!r} is not a digest (sha256:<64 hex> or sha512:<128 hex>); "
-                         "refusing")
-    return digest
+    return _grammar(digest, _DIGEST, what, "a digest (sha256:<64 hex> or sha512:<128 hex>)")
 
 
 def load_json(data: bytes, what: str) -> Any:
