@@ -33,7 +33,7 @@ from builder.oci.recipe import RECIPE_MT
 from builder.oci.release import BuiltImage, ReleaseBuild
 from builder.resolve.lock import Lock, check_lock, fetch_catalogues
 from builder.runs.context import Context
-from builder.runs.recipe import chain_file, make_recipe
+from builder.runs.recipe import Recipes
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
     """Step 3: each platform manifest's SBOM, provenance and build recipe, attached as unnamed referrers."""
     ctx, lock, declared = run.ctx, run.lock, run.ctx.target.release
     inputs = _input_digests(ctx, lock)
+    recipes = Recipes(ctx)
     commit = git_commit(ctx.project.root) or "unknown"
     out = []
     for img in images:
@@ -273,11 +274,11 @@ def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
                           label_url or attest.NAMESPACE_BASE)
         params = {"release": ctx.name, "arch": img.arch, "flavour": img.flavour, "image": img.name,
                   "compression": run.opts.compression, "squash": run.opts.squash}
-        recipe = canonical(make_recipe(ctx, lock, img.arch, img.flavour, run.epoch, run.opts.compression,
-                                       run.opts.squash).to_json())
+        recipe = canonical(recipes.recipe(lock, img.arch, img.flavour, run.epoch, run.opts.compression,
+                                          run.opts.squash).to_json())
         made_from = [{"name": "recipe", "mediaType": RECIPE_MT,
                       "digest": {"sha256": Layout.digest_of(recipe).split(":", 1)[1]}}]
-        statement = attest.provenance(subject, params, [_family_digest(ctx, img.flavour)] + inputs
+        statement = attest.provenance(subject, params, [_family_digest(ctx, recipes, img.flavour)] + inputs
                                       + _catalogues(declared, lock, img.arch) + made_from,
                                       run.epoch, commit, run.build_env)
         refs = (attest.attach(run.layout, img.manifest, attest.SPDX_MT, attest.SPDX_MT, canonical(doc), run.epoch),
@@ -326,10 +327,10 @@ def _project_name(ctx: Context, path: Path) -> str:
         return Path(path).name
 
 
-def _family_digest(ctx: Context, flavour: str) -> dict:
+def _family_digest(ctx: Context, recipes: Recipes, flavour: str) -> dict:
     """The family file cut to the image's flavour chain, by digest (the recipe carries it): an image's
     provenance changes with the flavours it is made of, not with every flavour of the family."""
-    data = chain_file(ctx.family, ctx.family.chain(flavour))
+    data = recipes.chain_file(ctx.family, ctx.family.chain(flavour))
     return {"name": f"{_project_name(ctx, Path(ctx.family.source))}#{flavour}",
             "digest": {"sha256": hashlib.sha256(data).hexdigest()}}
 
