@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from builder.common.atomic import atomic_write_bytes
+from builder.common.files import read_regular
 from builder.errors import BuildError
 
 KEY_BYTES = 32
@@ -46,22 +47,12 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def read_regular(path: Path, limit: int) -> Optional[bytes]:
-    """The bytes of a regular file of at most ``limit`` bytes, or None: never follows the last link,
-    never blocks on a FIFO, never reads past the size it checked."""
+def read_entry(path: Path, limit: int) -> Optional[bytes]:
+    """A cache entry's bytes, or None for anything but a regular file of at most ``limit`` bytes: a miss."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        return read_regular(path, limit)
+    except (BuildError, OSError):
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(st.st_size + 1)
-        return data if len(data) == st.st_size else None
-    finally:
-        os.close(fd)
 
 
 def user_key(config_dir: Optional[Path] = None) -> bytes:
@@ -69,12 +60,12 @@ def user_key(config_dir: Optional[Path] = None) -> bytes:
     base = Path(config_dir) if config_dir else Path(os.environ.get("XDG_CONFIG_HOME")
                                                     or Path.home() / ".config") / "freebsd-images"
     path = private_dir(base) / "cache.key"
-    data = read_regular(path, 4096)
+    data = read_entry(path, 4096)
     if data is None:
         if path.exists() or path.is_symlink():
             raise BuildError(f"{path}: not a regular file of at most 4096 bytes: remove it (a new key is made)")
         atomic_write_bytes(path, secrets.token_hex(KEY_BYTES).encode() + b"\n", mode=0o600)
-        data = read_regular(path, 4096)
+        data = read_entry(path, 4096)
     st = os.lstat(path)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise BuildError(f"{path}: the cache key must be the user's own and readable by no one else (chmod 600)")
@@ -97,7 +88,7 @@ class Sealed:
         return hmac.new(self.key, f"{self.kind}\0{name}\0".encode() + body, "sha256").hexdigest().encode()
 
     def read(self, name: str, limit: int) -> Optional[bytes]:
-        data = read_regular(self.path(name), limit + 65)
+        data = read_entry(self.path(name), limit + 65)
         if data is None:
             return None
         mac, _, body = data.partition(b"\n")

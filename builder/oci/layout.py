@@ -14,7 +14,6 @@ refusal naming the file, never a crash.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional
 
 from builder.common.atomic import atomic_write_bytes, pending, write_if_changed
+from builder.common.files import kind_of, open_regular, read_regular
 from builder.common.hashing import HashingWriter
 from builder.errors import BuildError
 
@@ -46,48 +46,6 @@ _HEX = frozenset("0123456789abcdef")
 def canonical(doc: Any) -> bytes:
     """JSON as we write every OCI document: sorted keys, no spaces, UTF-8."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-# --- hostile files ---------------------------------------------------------------------------
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISREG, "a regular file")):
-        if test(mode):
-            return name
-    return "of an unknown type"
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """A regular file open for reading; a symlink (last component), FIFO, device or directory is refused.
-
-    O_NONBLOCK: opening a FIFO must not wait for a writer. FileNotFoundError passes through (missing
-    is the caller's case).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise BuildError(f"{path}: {why}, not a regular file; refusing") from exc
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise BuildError(f"{path}: {_kind(mode)}, not a regular file; refusing")
-    return os.fdopen(fd, "rb")
-
-
-def read_regular(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, its size checked before reading; never more than ``limit`` bytes read
-    (/proc files say size 0 and then give more)."""
-    with open_regular(path) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        data = fh.read(limit + 1) if size <= limit else b""
-    if size > limit or len(data) > limit:
-        raise BuildError(f"{path}: over the limit of {limit} bytes; refusing")
-    return data
 
 
 def parse_document(data: bytes, what: str) -> dict:
@@ -469,7 +427,7 @@ class Layout:
                     return
                 except OSError as exc:
                     mode = os.lstat(part, dir_fd=at).st_mode
-                    raise BuildError(f"{self.root}: {name} is {_kind(mode)}, not a directory of the layout; "
+                    raise BuildError(f"{self.root}: {name} is {kind_of(mode)}, not a directory of the layout; "
                                      "refusing") from exc
                 at = fds[-1]
             yield at

@@ -37,7 +37,7 @@ from typing import Optional
 from builder import __version__
 from builder.common.atomic import atomic_write_bytes
 from builder.errors import BuildError
-from builder.oci.layout import read_regular
+from builder.common.files import read_regular
 
 SIGNATURE_TYPE = "atomic container signature"
 DSSE_MT = "application/vnd.dsse.envelope.v1+json"

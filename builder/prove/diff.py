@@ -26,7 +26,8 @@ from builder.install import bdb
 from builder.errors import BuildError
 from builder.common.compress import decompressing
 from builder.install.pkgdb import read_rows, user_version
-from builder.oci.layout import INDEX_MT, Descriptor, Layout, descriptors, open_regular, parse_document, valid_digest
+from builder.common.files import open_regular
+from builder.oci.layout import INDEX_MT, Descriptor, Layout, descriptors, parse_document, valid_digest
 
 TEXT_DIFF_LINES = 40
 CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this

@@ -10,12 +10,12 @@ import contextlib
 import hashlib
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Callable, Optional
 
 from builder.common.atomic import atomic_write_bytes, pending
-from builder.common.sealed import private_dir, read_regular
+from builder.common.files import open_regular
+from builder.common.sealed import private_dir, read_entry
 from builder.errors import BuildError
 from builder.resolve import checksum
 
@@ -38,12 +38,10 @@ def _hash_file(path: Path, expected_sum: str) -> tuple[str, Optional[str]]:
     b2 = checksum.Hasher(checksum.BLAKE2_BASE32) if checksum.file_sum_kind(expected_sum) == checksum.BLAKE2_BASE32 \
         else None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fh = open_regular(path)
+    except (BuildError, OSError):
         return "", None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "", None
+    with fh:
         while chunk := fh.read(1 << 20):
             sha.update(chunk)
             if b2 is not None:
@@ -78,7 +76,7 @@ class Cache:
         if kind == checksum.SHA256_HEX:
             return body
         alias = self._alias(expected_sum)
-        data = read_regular(alias, 256)
+        data = read_entry(alias, 256)
         if data is None:
             return None
         sha = data.decode("ascii", "replace").strip()

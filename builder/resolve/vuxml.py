@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import lzma
 import re
-import stat
 import xml.sax
 import zlib
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import zstandard
 
 from builder.common.compress import MAGICS, Bounded, decompressing
 from builder.common.http import Transport
-from builder.common.sealed import read_regular
+from builder.common.files import read_regular
 from builder.errors import BuildError
 from builder.resolve.version import compare
 
@@ -225,17 +224,10 @@ def load(spec: Optional[str], transport: Transport) -> VuXML:
 def _read_file(spec: str) -> bytes:
     """A local vuln.xml: the user's link is followed, what it names must be a regular file of at most
     VUXML_LIMIT bytes, its size checked before anything is read (a 2 GiB file is refused unread)."""
-    path = Path(spec).resolve()
-    data = read_regular(path, VUXML_LIMIT)
-    if data is not None:
-        return data
     try:
-        st = path.stat()
+        return read_regular(Path(spec).resolve(), VUXML_LIMIT)
     except OSError as exc:
         raise BuildError(f"{spec}: cannot read: {exc.strerror}") from exc
-    if stat.S_ISREG(st.st_mode) and st.st_size > VUXML_LIMIT:
-        raise BuildError(f"{spec}: {st.st_size} bytes, over the limit of {VUXML_LIMIT}; refusing")
-    raise BuildError(f"{spec}: not a readable regular file; refusing")
 
 
 def parse(raw: BinaryIO, source: str) -> VuXML:
