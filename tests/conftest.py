@@ -67,3 +67,29 @@ def _isolated_cache(tmp_path, monkeypatch):
     for var in ("FREEBSD_IMAGES_MIRROR", "FREEBSD_IMAGES_KEYS", "FREEBSD_IMAGES_REGISTRY_INSECURE"):
         monkeypatch.delenv(var, raising=False)
     yield
+
+
+TINY_FAMILY = """
+schema: 1
+flavours:
+  tiny:
+    description: one package
+    packages: [FreeBSD-zoneinfo]
+"""
+
+
+@pytest.fixture
+def hostile_mirror(demo_mirror, tmp_path):
+    """A writable copy of the demo mirror's amd64 repositories, and a project with one tiny flavour
+    (tests/test_hostile.py and tests/test_hostile_packages.py tamper with them)."""
+    abi = "FreeBSD:14:amd64"
+    m = tmp_path / "mirror"
+    shutil.copytree(demo_mirror / abi, m / abi)
+    shutil.copytree(demo_mirror / "keys", m / "keys")
+    proj = tmp_path / "project"
+    (proj / "releases").mkdir(parents=True)
+    (proj / "families.yaml").write_text(TINY_FAMILY)
+    shutil.copy(ROOT / "releases/14.2.yaml", proj / "releases/14.2.yaml")
+    shutil.copytree(ROOT / "templates", proj / "templates")
+    shutil.copytree(ROOT / "keys", proj / "keys")
+    return m, proj

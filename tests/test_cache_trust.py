@@ -12,7 +12,6 @@ import pytest
 
 from builder.cli import main
 from builder.common.sealed import Sealed, user_key
-from builder.oci.layout import Layout
 from builder.config.release import load_release
 from builder.gen.repo import GenOptions, generate
 from tests.conftest import ROOT, demo_project
@@ -99,7 +98,6 @@ def test_a_package_changed_after_its_check_is_refused_naming_it(demo_mirror, tmp
     ctx = context(demo_project(tmp_path), mirror=f"file://{demo_mirror}", keys=demo_mirror / "keys",
                   lock_dir=tmp_path / "locks", cache=tmp_path / "cache")
     lock = ctx.ensure_lock()
-    paths = ctx.fetch_locked(lock, "amd64", ["FreeBSD-runtime", "FreeBSD-clibs"])
     # FreeBSD-runtime as another mirror made it: a sound package of the same name and version, other bytes
     rel = load_release(ROOT / "releases" / f"{RELEASE}.yaml", ROOT)
     generate(rel, tmp_path / "other", ["amd64"], GenOptions(seed="someone else"))

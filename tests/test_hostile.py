@@ -11,7 +11,6 @@ import base64
 import hashlib
 import io
 import json
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from builder.resolve.catalogue import RemotePackage
 from builder.resolve.client import META_LIMIT, fetch_catalogue, fetch_package
 from tests import bounded
 from tests.buildutil import read_members
-from tests.conftest import ROOT
 from tests.httpfaults import ScriptedServer, endless, reply
 
 ABI = "FreeBSD:14:amd64"
@@ -332,28 +330,6 @@ def _retype_manifest(repo: Path, name: str, field: str, value) -> None:
     _resign_data(repo, json.dumps(doc).encode())
 
 
-TINY_FAMILY = """
-schema: 1
-flavours:
-  tiny:
-    description: one package
-    packages: [FreeBSD-zoneinfo]
-"""
-
-
-@pytest.fixture
-def hostile_mirror(demo_mirror, tmp_path):
-    """A writable copy of the demo mirror's amd64 repositories, and a project with one tiny flavour."""
-    m = tmp_path / "mirror"
-    shutil.copytree(demo_mirror / ABI, m / ABI)
-    shutil.copytree(demo_mirror / "keys", m / "keys")
-    proj = tmp_path / "project"
-    (proj / "releases").mkdir(parents=True)
-    (proj / "families.yaml").write_text(TINY_FAMILY)
-    shutil.copy(ROOT / "releases/14.2.yaml", proj / "releases/14.2.yaml")
-    shutil.copytree(ROOT / "templates", proj / "templates")
-    shutil.copytree(ROOT / "keys", proj / "keys")
-    return m, proj
 
 
 def _one_line_refusal(code: int, err: str) -> None:

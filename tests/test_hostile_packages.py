@@ -36,7 +36,7 @@ from builder.resolve.catalogue import MAX_ENTRY
 from builder.resolve.lock import ArchLock, LockedPackage
 from tests import bounded
 from tests.buildutil import read_members
-from tests.test_hostile import ABI, _one_line_refusal, _resign_data, _retype_manifest, hostile_mirror  # noqa: F401 (fixture)
+from tests.test_hostile import ABI, _one_line_refusal, _resign_data, _retype_manifest
 from tests.test_install import entry, make_pkg
 from tests.test_trust import pyspdxtools
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import pytest
-
 from builder.cli import main
 from builder.common import writers
 from builder.oci.layout import Layout
