@@ -64,7 +64,7 @@ def git_commit(root: Path) -> Optional[str]:
     return rev if r.returncode == 0 and len(rev) in (40, 64) and all(c in "0123456789abcdef" for c in rev) else None
 
 
-def image_revision(ctx: Context) -> tuple[Optional[str], bool]:
+def image_revision(ctx: Context, commit: Optional[str]) -> tuple[Optional[str], bool]:
     """(revision, whether it goes into the image bytes).
 
     A revision configured in the release file (publish.revision) is a fact about the release,
@@ -74,7 +74,7 @@ def image_revision(ctx: Context) -> tuple[Optional[str], bool]:
     golden digests would never hold), so it is recorded only where no digest covers it."""
     if ctx.target.release.revision:
         return ctx.target.release.revision, True
-    return git_commit(ctx.project.root), False
+    return commit, False
 
 
 def layout_dir(out: Path, release: str) -> Path:
@@ -105,6 +105,7 @@ class _Run:
     epoch: int
     build_env: str
     log: Log
+    commit: Optional[str]     # the project checkout's, asked of git once per build
 
 
 def build_release(ctx: Context, lock: Lock, out: Path, opts: ImageOptions = ImageOptions(),
@@ -117,8 +118,8 @@ def build_release(ctx: Context, lock: Lock, out: Path, opts: ImageOptions = Imag
                  f"{lock.source_date_epoch}: digests differ from a build of the lock as it is")
     check_names(ctx, lock, opts)
     run = _Run(ctx, lock, Layout(layout_dir(out, ctx.name)).init(), opts, epoch,
-               oci.build_environment(opts.compression, drift), log)
-    revision, in_images = image_revision(ctx)
+               oci.build_environment(opts.compression, drift), log, git_commit(ctx.project.root))
+    revision, in_images = image_revision(ctx, run.commit)
     results = build_layers(run)
     images, metas = write_images(run, results, revision if in_images else None)
     images = attach_attestations(run, results, images)
@@ -263,7 +264,7 @@ def attach_attestations(run: _Run, results: dict[str, dict[str, FlavourResult]],
     ctx, lock, declared = run.ctx, run.lock, run.ctx.target.release
     inputs = _input_digests(ctx, lock)
     recipes = Recipes(ctx)
-    commit = git_commit(ctx.project.root) or "unknown"
+    commit = run.commit or "unknown"
     out = []
     for img in images:
         res = results[img.arch][img.flavour]
