@@ -97,6 +97,14 @@ def descriptor_problem(d: object) -> str:
     return ""
 
 
+def platform_label(desc: dict, unknown: str = "?") -> str:
+    """os/architecture/variant of a descriptor's platform (freebsd/arm64/v8), ``unknown`` without one."""
+    p = desc.get("platform")
+    if not isinstance(p, dict):
+        p = {}
+    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or unknown
+
+
 def descriptors(doc: dict, key: str, what: str) -> list[dict]:
     """doc[key] as a list of descriptors, each checked; refused, naming what and the entry, otherwise."""
     items = doc.get(key)

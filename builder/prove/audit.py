@@ -33,7 +33,7 @@ from builder.common.http import Transport
 from builder.config.release import Release
 from builder.errors import BuildError
 from builder.oci import attest
-from builder.oci.layout import INDEX_MT, Layout, check_index, descriptors, parse_document
+from builder.oci.layout import INDEX_MT, Layout, check_index, descriptors, parse_document, platform_label
 from builder.prove.verify_image import LayoutSource, find_referrer_document, installed_packages, open_source, read_manifest
 from builder.resolve.catalogue import Catalogue
 from builder.resolve.version import compare
@@ -277,7 +277,7 @@ def _platforms(source, label: str) -> list[tuple[dict, str]]:
         p = d.get("platform") or {}
         if d.get("mediaType") == INDEX_MT or p.get("os", "freebsd") != "freebsd":
             continue        # a nested index, or an attestation manifest ("unknown/unknown"): no image
-        out.append((d, "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)))
+        out.append((d, platform_label(d, "")))
     if not out:
         raise BuildError(f"{label}: the index lists no FreeBSD platform manifest")
     return out

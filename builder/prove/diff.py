@@ -27,7 +27,7 @@ from builder.errors import BuildError
 from builder.common.compress import decompressing
 from builder.install.pkgdb import read_rows, user_version
 from builder.common.files import open_regular
-from builder.oci.layout import INDEX_MT, Descriptor, Layout, descriptors, parse_document, valid_digest
+from builder.oci.layout import INDEX_MT, Descriptor, Layout, descriptors, parse_document, platform_label, valid_digest
 
 TEXT_DIFF_LINES = 40
 CONTENT_LIMIT = 16 << 20   # entries read back for a content diff must be smaller than this
@@ -448,13 +448,6 @@ def _named(value) -> bool:
             and len({x["name"] for x in value}) == len(value))
 
 
-def _platform(desc: dict) -> str:
-    p = desc.get("platform")
-    if not isinstance(p, dict):
-        p = {}
-    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or "?"
-
-
 def compare_manifest(image: str, plat: str, la: Layout, lb: Layout, da: str, db: str) -> list[Difference]:
     ma, mb = la.read_manifest(da), lb.read_manifest(db)
     out: list[Difference] = []
@@ -509,8 +502,8 @@ def diff_sources(a: Source, b: Source) -> list[Difference]:
         if x.media_type == INDEX_MT and y.media_type == INDEX_MT:
             ia, ib = a.layout.read_index(x.digest), b.layout.read_index(y.digest)
             out += _json_diff(image, "index", ia.get("annotations"), ib.get("annotations"), "annotations")
-            pa = {_platform(m): m for m in ia["manifests"]}
-            pb = {_platform(m): m for m in ib["manifests"]}
+            pa = {platform_label(m): m for m in ia["manifests"]}
+            pb = {platform_label(m): m for m in ib["manifests"]}
             for p in sorted(set(pa) ^ set(pb)):
                 out.append(Difference(image, "index", field=f"platform {p}", a=p in pa, b=p in pb))
             for p in sorted(set(pa) & set(pb)):
@@ -518,7 +511,7 @@ def diff_sources(a: Source, b: Source) -> list[Difference]:
                     seen.add((pa[p]["digest"], pb[p]["digest"]))
                     out += compare_manifest(image, p, a.layout, b.layout, pa[p]["digest"], pb[p]["digest"])
         elif x.media_type != INDEX_MT and y.media_type != INDEX_MT:
-            out += compare_manifest(image, _platform({"platform": dict(x.platform or ())}) if x.platform else "-",
+            out += compare_manifest(image, platform_label({"platform": dict(x.platform or ())}) if x.platform else "-",
                                      a.layout, b.layout, x.digest, y.digest)
         else:
             out.append(Difference(image, "ref", field="mediaType", a=x.media_type, b=y.media_type))
@@ -531,11 +524,11 @@ def _same_manifests(a: Source, b: Source, ra: dict, rb: dict) -> list[tuple[str,
     for name in sorted(set(ra) & set(rb)):
         x, y = ra[name], rb[name]
         if x.media_type == INDEX_MT and y.media_type == INDEX_MT:
-            pa = {_platform(m): m["digest"] for m in a.layout.read_index(x.digest)["manifests"]}
-            pb = {_platform(m): m["digest"] for m in b.layout.read_index(y.digest)["manifests"]}
+            pa = {platform_label(m): m["digest"] for m in a.layout.read_index(x.digest)["manifests"]}
+            pb = {platform_label(m): m["digest"] for m in b.layout.read_index(y.digest)["manifests"]}
             pairs = [(p, pa[p]) for p in sorted(set(pa) & set(pb)) if pa[p] == pb[p]]
         else:
-            pairs = [(_platform({"platform": dict(x.platform or ())}), x.digest)] if x.digest == y.digest else []
+            pairs = [(platform_label({"platform": dict(x.platform or ())}), x.digest)] if x.digest == y.digest else []
         for plat, d in pairs:
             out.setdefault(d, (name or a.label, plat, d))
     return sorted(out.values())

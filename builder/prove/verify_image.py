@@ -29,7 +29,7 @@ from typing import BinaryIO, Optional
 from builder.common.compress import decompressing
 from builder.errors import BuildError
 from builder.oci import attest
-from builder.oci.layout import (DOCUMENT_LIMIT, INDEX_MT, MANIFEST_MT, Layout, check_index, check_manifest, descriptors,
+from builder.oci.layout import (DOCUMENT_LIMIT, INDEX_MT, MANIFEST_MT, Layout, check_index, check_manifest, descriptors, platform_label,
                                  parse_document)
 from builder.oci.sign import DSSE_MT, SignatureError, Verifier, dsse_open, verify_manifest
 from builder.resolve.lock import Lock
@@ -229,11 +229,6 @@ def read_manifest(source, digest: str) -> dict:
                           f"{source.label}: manifest {digest}")
 
 
-def _platform(desc: dict) -> str:
-    p = desc.get("platform") or {}
-    return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x) or "image"
-
-
 def _lock_checks(where: str, statement: dict, sbom_doc: dict, lock: Lock, lock_digest: str) -> list[Finding]:
     out = []
     bd = statement.get("predicate", {}).get("buildDefinition", {})
@@ -316,7 +311,7 @@ def verify_image(spec: str, key: Optional[Path] = None, lock_path: Optional[Path
         if verifier is not None and "manifests" in top:
             findings += _signature("index", verifier, lookaside, source, source.top)
         for desc in platforms:
-            where = _platform(desc)
+            where = platform_label(desc, "image")
             if verifier is not None:
                 findings += _signature(where, verifier, lookaside, source, desc["digest"])
             findings += _check_platform(source, desc, where, verifier, lock, lock_digest)

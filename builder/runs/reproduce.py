@@ -12,6 +12,7 @@ locked sums either way).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Optional
 
 from builder.common.log import Log
 from builder.errors import BuildError
-from builder.oci.layout import INDEX_MT, Layout
+from builder.oci.layout import INDEX_MT, Layout, platform_label
 from builder.oci.recipe import MAX_RECIPE, RECIPE_MT, Recipe, parse_recipe
 from builder.prove.diff import Difference, Source, compare_manifest, open_source
 from builder.resolve.lock import load_lock
@@ -62,7 +63,7 @@ def reproduce(ref: str, opts: ReproduceOptions = ReproduceOptions(), log: Log = 
             check_format(recipe, where)
             log.info(f"{where}: rebuilding {recipe.release}/{recipe.arch} flavour {recipe.flavour} "
                      f"({recipe.family} family) from its recipe")
-            layout, rebuilt = rebuild(recipe, work / f"{n}-{plat.replace('/', '-')}", opts, log)
+            layout, rebuilt = rebuild(recipe, work / f"{n}-{re.sub('[^A-Za-z0-9]+', '-', plat)}", opts, log)
             diffs = () if rebuilt == digest else tuple(compare_manifest(image, plat, src.layout, layout, digest, rebuilt))
             out.append(Outcome(image, plat, digest, rebuilt, diffs))
         return out
@@ -79,13 +80,8 @@ def platforms(src: Source, ref: str) -> list[tuple[str, str, str]]:
         raise BuildError(f"{ref}: names {len(refs)} images; name one (DIR:NAME:TAG, docker://HOST/REPO:TAG)")
     name, desc = next(iter(refs.items()))
     if desc.media_type != INDEX_MT:
-        plat = "/".join(v for _, v in sorted(desc.platform or ())) or "-"
-        return [(name or ref, plat, desc.digest)]
-    out = []
-    for m in src.layout.read_json(desc.digest).get("manifests") or []:
-        p = m.get("platform") or {}
-        plat = "/".join(x for x in (p.get("os", ""), p.get("architecture", ""), p.get("variant", "")) if x)
-        out.append((name or ref, plat, m["digest"]))
+        return [(name or ref, platform_label({"platform": dict(desc.platform or ())}), desc.digest)]
+    out = [(name or ref, platform_label(m), m["digest"]) for m in src.layout.read_index(desc.digest)["manifests"]]
     if not out:
         raise BuildError(f"{ref}: an index without platform manifests")
     return out
