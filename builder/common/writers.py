@@ -52,7 +52,7 @@ def _probe_input() -> bytes:
     return b"".join(out)
 
 
-def _sqlite() -> tuple[str, str]:
+def _sqlite(_: bytes) -> tuple[str, str]:
     import apsw
     conn = apsw.Connection(":memory:")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT UNIQUE, v BLOB); CREATE INDEX t_v ON t(v)")
@@ -60,30 +60,31 @@ def _sqlite() -> tuple[str, str]:
     return apsw.sqlite_lib_version(), hashlib.sha256(conn.serialize("main")).hexdigest()
 
 
-def _deflate() -> tuple[str, str]:
+def _deflate(data: bytes) -> tuple[str, str]:
     from builder.common.compress import gzip_member
     import deflate
-    return f"(bundled with deflate {deflate.__version__})", hashlib.sha256(gzip_member(_probe_input(), 6)).hexdigest()
+    return f"(bundled with deflate {deflate.__version__})", hashlib.sha256(gzip_member(data, 6)).hexdigest()
 
 
-def _zstd() -> tuple[str, str]:
+def _zstd(data: bytes) -> tuple[str, str]:
     from builder.common.compress import zstd_frame
     import zstandard
-    return ".".join(map(str, zstandard.ZSTD_VERSION)), hashlib.sha256(zstd_frame(_probe_input(), 9)).hexdigest()
+    return ".".join(map(str, zstandard.ZSTD_VERSION)), hashlib.sha256(zstd_frame(data, 9)).hexdigest()
 
 
-PROBES: dict[str, Callable[[], tuple[str, str]]] = {"apsw": _sqlite, "deflate": _deflate, "zstandard": _zstd}
+PROBES: dict[str, Callable[[bytes], tuple[str, str]]] = {"apsw": _sqlite, "deflate": _deflate, "zstandard": _zstd}
 
 
 def running() -> dict[str, Running]:
     """What this interpreter actually runs, per distribution: the boundary the check reads."""
     out = {}
+    data = _probe_input()      # made once: both compressors probe the same bytes
     for w in PINS:
         try:
             dist = metadata.version(w.distribution)
         except metadata.PackageNotFoundError:
             dist = ""
-        native, probe = PROBES[w.distribution]()
+        native, probe = PROBES[w.distribution](data)
         out[w.distribution] = Running(dist, native, probe)
     return out
 
