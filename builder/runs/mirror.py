@@ -15,9 +15,8 @@ from builder.resolve.client import catalogue_file_limit
 from builder.resolve.lock import Lock
 from builder.common.log import Log
 from builder.prove.diff import open_source
-from builder.resolve.lock import load_lock
-from builder.runs.context import Context, RunOptions
-from builder.runs.recipe import lay_out
+from builder.runs.context import Context
+from builder.runs.recipe import open_recipe
 from builder.runs.reproduce import platforms, read_recipe
 
 CATALOGUE_FILES = ("meta.conf", "meta", "data.pkg", "packagesite.pkg")
@@ -71,10 +70,8 @@ def mirror_image(ref: str, dest: Path, mirror: Optional[str] = None, insecure: b
         with tempfile.TemporaryDirectory(prefix="freebsd-images-mirror.") as tmp:
             for n, (_, plat, digest) in enumerate(platforms(src, ref)):
                 recipe = read_recipe(src.layout, digest, f"{ref} [{plat}]")
-                project, lock_path = lay_out(recipe, Path(tmp) / str(n))
-                ctx = Context.open(RunOptions(project=project, arches=(recipe.arch,), mirror=mirror, lock=lock_path,
-                                              cache_dir=cache_dir, family=recipe.family), recipe.release)
-                for abi, count in mirror_release(ctx, load_lock(lock_path), dest, catalogues=False).items():
+                ctx, lock = open_recipe(recipe, Path(tmp) / str(n), mirror, cache_dir)
+                for abi, count in mirror_release(ctx, lock, dest, catalogues=False).items():
                     done[abi] = max(done.get(abi, 0), count)
                     log.info(f"{ref} [{plat}]: {count} packages of {recipe.release}/{recipe.arch} in {Path(dest) / abi}")
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -18,7 +19,7 @@ from builder.errors import BuildError
 from builder.layers.plan import package_reads
 from builder.oci.recipe import FILE_NAME, Recipe
 from builder.resolve.lock import Lock
-from builder.runs.context import Context, lock_name
+from builder.runs.context import Context, RunOptions, lock_name
 
 
 class Recipes:
@@ -117,8 +118,10 @@ def check_format(recipe: Recipe, where: str) -> None:
                          f"of freebsd-images {recipe.builder} (or any version of format {recipe.format})")
 
 
-def lay_out(recipe: Recipe, root: Path) -> tuple[Path, Path]:
-    """The recipe's project under root, and its lock file there: (project, lock path)."""
+def open_recipe(recipe: Recipe, root: Path, mirror: Optional[str],
+                cache_dir: Optional[Path]) -> tuple[Context, Lock]:
+    """The recipe's project laid out under root (its files and the lock of its arch), opened for its arch
+    with packages from the release's repositories or ``mirror``: what reproduce and mirror --from read."""
     root = Path(root)
     for name, data in sorted(recipe.files.items()):
         atomic_write_bytes(root / name, data)
@@ -128,4 +131,6 @@ def lay_out(recipe: Recipe, root: Path) -> tuple[Path, Path]:
                          f"and flavour {recipe.flavour} alone")
     path = root / "releases" / lock_name(recipe.release, recipe.family)
     atomic_write_bytes(path, lock.dumps())
-    return root, path
+    ctx = Context.open(RunOptions(project=root, arches=(recipe.arch,), mirror=mirror, lock=path, cache_dir=cache_dir,
+                                  family=recipe.family), recipe.release)
+    return ctx, lock

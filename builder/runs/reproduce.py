@@ -24,10 +24,8 @@ from builder.errors import BuildError
 from builder.oci.layout import INDEX_MT, Layout, platform_label
 from builder.oci.recipe import MAX_RECIPE, RECIPE_MT, Recipe, parse_recipe
 from builder.prove.diff import Difference, Source, compare_manifest, open_source
-from builder.resolve.lock import load_lock
-from builder.runs.context import Context, RunOptions
 from builder.runs.images import ImageOptions, build_release
-from builder.runs.recipe import check_format, lay_out
+from builder.runs.recipe import check_format, open_recipe
 
 
 @dataclass(frozen=True)
@@ -107,13 +105,10 @@ def read_recipe(layout: Layout, digest: str, where: str) -> Recipe:
 
 def rebuild(recipe: Recipe, work: Path, opts: ReproduceOptions, log: Log) -> tuple[Layout, str]:
     """The recipe's image built again under work/: (its layout, the platform manifest's digest)."""
-    project, lock_path = lay_out(recipe, work / "project")
-    run = RunOptions(project=project, arches=(recipe.arch,), mirror=opts.mirror, lock=lock_path,
-                     cache_dir=opts.cache_dir or work / "cache", family=recipe.family)
-    ctx = Context.open(run, recipe.release)
+    ctx, lock = open_recipe(recipe, work / "project", opts.mirror, opts.cache_dir or work / "cache")
     image_opts = ImageOptions(flavours=(recipe.flavour,), compression=recipe.compression, squash=recipe.squash,
                               epoch=recipe.epoch, jobs=1, use_cache=False, check_catalogues=False,
                               allow_writer_drift=opts.allow_writer_drift)
-    rb = build_release(ctx, load_lock(lock_path), work / "out", image_opts, log)
+    rb = build_release(ctx, lock, work / "out", image_opts, log)
     img = next(i for i in rb.images if i.flavour == recipe.flavour and i.arch == recipe.arch)
     return Layout(rb.layout), img.manifest.digest
